@@ -1,0 +1,34 @@
+//! The `ResilientService` API, version `v1alpha1` of group `perennial.dev`.
+//!
+//! Types, defaults and admission rules (OpenAPI + CEL) live here; nothing in this module
+//! talks to a server. The CRD YAML in `crds/` is generated from these types.
+
+mod spec;
+mod status;
+
+pub use spec::*;
+pub use status::*;
+
+/// The API group of every Perennial resource.
+pub const GROUP: &str = "perennial.dev";
+
+/// Labels the operator puts on the objects it owns. Users may not set them in the template:
+/// they are how the operator finds its pods again.
+pub const LABEL_SERVICE: &str = "perennial.dev/service";
+/// The replica slot (ordinal) a pod or claim belongs to.
+pub const LABEL_SLOT: &str = "perennial.dev/slot";
+/// The template revision a pod was built from.
+pub const LABEL_REVISION: &str = "perennial.dev/revision";
+/// Every label key the operator reserves for itself.
+pub const RESERVED_LABELS: [&str; 3] = [LABEL_SERVICE, LABEL_SLOT, LABEL_REVISION];
+
+/// The field manager the operator uses for every server-side apply.
+pub const FIELD_MANAGER: &str = "perennial";
+
+/// The CustomResourceDefinition of `ResilientService` as YAML, as `make crds` writes it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = ResilientService::crd();
+    let body = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
+    format!("# Generated from the Rust types by `make crds`; do not edit.\n{body}")
+}

@@ -1,0 +1,102 @@
+//! The observed state the operator reports.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition types the operator sets on a ResilientService.
+pub mod condition {
+    /// At least the minimum number of replicas (replicas - maxUnavailable) is available.
+    pub const AVAILABLE: &str = "Available";
+    /// A rollout or scale is under way, or has just completed.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Redundancy is below what the spec declares, or a replica cannot be repaired.
+    pub const DEGRADED: &str = "Degraded";
+    /// The last rollout was rolled back.
+    pub const ROLLED_BACK: &str = "RolledBack";
+}
+
+/// What Perennial last observed of a ResilientService.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResilientServiceStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods that exist for the service (not terminating).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that are Ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods Ready for at least minReadySeconds.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// Pods on the update revision.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// The revision pods ran before the current rollout began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The revision of the current template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Label selector of the service's pods, for the scale subresource and HPA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Ready replicas per failure domain (value of spec.redundancy.topologyKey).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub domains: BTreeMap<String, i32>,
+    /// Why the service is Degraded or its rollout failed; absent when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Available, Progressing, Degraded, RolledBack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The failure ledger: one entry per replica slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ordinal"]))]
+    pub replica_statuses: Vec<ReplicaStatus>,
+}
+
+/// One replica slot as the operator sees it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// The slot's ordinal, stable for its life.
+    pub ordinal: i32,
+    /// The pod that currently fills the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The node the pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Pending, Starting, Ready, Failing, Repairing, Quarantined.
+    #[serde(default)]
+    pub state: String,
+    /// The revision of the slot's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Repairs of this slot within the supervision window.
+    #[serde(default)]
+    pub restarts_in_window: i32,
+    /// The last failure identified for this slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+/// An identified failure.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// CrashLoopBackOff, OOMKilled, ImagePullBackOff, Unschedulable, NodeLost, VolumeLost,
+    /// Evicted, Failed, NeverReady, ProgressDeadlineExceeded.
+    pub reason: String,
+    /// What was seen, for a person.
+    pub message: String,
+    /// When it was seen.
+    pub at: Time,
+}

@@ -1,0 +1,6 @@
+//! Perennial: a Kubernetes operator for services that must run forever.
+//!
+//! Data flows one way: `observe` → `health` → `plan` → `act`. Only `observe` and `act`
+//! talk to the API server; everything between is pure.
+
+pub mod api;
