@@ -39,12 +39,41 @@ fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas", description = "Replicas wanted"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas whose pod is Ready"),
-    printcolumn(name = "Up-to-date", type_ = "integer", json_path = ".status.updatedReplicas", description = "Replicas on the update revision"),
-    printcolumn(name = "Available", type_ = "integer", json_path = ".status.availableReplicas", description = "Replicas Ready for at least minReadySeconds"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why the service is Degraded or its rollout failed; empty when healthy"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Replicas wanted"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Replicas whose pod is Ready"
+    ),
+    printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Replicas on the update revision"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.availableReplicas",
+        description = "Replicas Ready for at least minReadySeconds"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.reason",
+        description = "Why the service is Degraded or its rollout failed; empty when healthy"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.update.partition <= self.replicas").message("spec.update.partition must be between 0 and spec.replicas").field_path(".update.partition"))]
 #[x_kube(validation = Rule::new("has(self.serviceName) == has(oldSelf.serviceName) && (!has(self.serviceName) || self.serviceName == oldSelf.serviceName)").message("spec.serviceName is immutable: pods' DNS names depend on it; create a new ResilientService to change it").field_path(".serviceName"))]
@@ -73,7 +102,10 @@ pub struct ResilientServiceSpec {
     /// (`<service>-<ordinal>.<serviceName>`). Defaults to the ResilientService's name;
     /// created when missing. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub service_name: Option<String>,
 
     /// How replica slots are created and deleted. `Parallel` (default) creates missing
@@ -129,7 +161,10 @@ pub struct ClaimTemplate {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct ClaimTemplateMeta {
     /// Name of the template; the volume name pods mount it by.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Labels added to each claim.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -234,7 +269,6 @@ pub struct DisruptionBudget {
     #[serde(default)]
     pub quorum: bool,
 }
-
 
 /// How pods move to a new template revision.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]

@@ -1,0 +1,43 @@
+# Perennial: run `make help` for the targets.
+SHELL := /bin/bash
+CLUSTER := e2e/cluster
+LOCAL_KUBECONFIG := $(CURDIR)/e2e/.cluster/kubeconfig
+CRD_FILE := crds/perennial.dev_resilientservices.yaml
+CHART_CRD_FILE := charts/perennial/crds/perennial.dev_resilientservices.yaml
+
+.PHONY: help build cluster cluster-down cluster-status crds lint test demo bench chaos
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## build the operator binary
+	cargo build --bin perennial
+
+cluster: ## start the local control plane (reused when healthy)
+	$(CLUSTER)/up
+
+cluster-down: ## stop every process of the local control plane
+	$(CLUSTER)/down
+
+cluster-status: ## say what runs
+	$(CLUSTER)/status
+
+crds: ## regenerate the CRD YAML from the Rust types
+	cargo run -q --bin perennial -- crd > $(CRD_FILE)
+	cp $(CRD_FILE) $(CHART_CRD_FILE)
+
+lint: ## formatting and clippy, warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+test: cluster ## the whole suite: unit, property and integration tests on the local control plane
+	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) cargo test --all-targets --no-fail-fast
+
+demo: ## start the control plane, run the operator and a sample service, show its status
+	e2e/demo
+
+bench: ## benchmarks side by side with the built-in controllers
+	@echo "make bench: not yet"
+
+chaos: ## a chaos soak on the local control plane
+	@echo "make chaos: not yet"
