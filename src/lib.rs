@@ -3,4 +3,11 @@
 //! Data flows one way: `observe` → `health` → `plan` → `act`. Only `observe` and `act`
 //! talk to the API server; everything between is pure.
 
+pub mod act;
 pub mod api;
+pub mod build;
+pub mod controller;
+pub mod health;
+pub mod observe;
+pub mod plan;
+pub mod telemetry;

@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use perennial::{controller, telemetry};
 
 /// Perennial keeps services alive, spread, upgraded and repaired.
 #[derive(Parser)]
@@ -12,10 +13,26 @@ struct Cli {
 enum Command {
     /// Print the ResilientService CustomResourceDefinition as YAML.
     Crd,
+    /// Run the operator.
+    Run(controller::RunArgs),
 }
 
-fn main() {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Command::Crd => print!("{}", perennial::api::crd_yaml()),
+        Command::Crd => {
+            print!("{}", perennial::api::crd_yaml());
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            match controller::main(args).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "perennial stopped");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -13,9 +13,15 @@ use super::ResilientServiceStatus;
 /// Schema of a count-or-percentage: a non-negative integer, or a string from "0%" to
 /// "100%". Plain OpenAPI rather than CEL: the API server prices a regex over an unbounded
 /// string far above the CEL budget, and these messages already name the field.
+///
+/// Not nullable: the API server then drops an explicit `null` before defaulting, so a
+/// field with a default gets it and an optional one is simply absent. (kube marks every
+/// optional int-or-string nullable unless the schema says otherwise; a stored `null` would
+/// neither be defaulted nor deserialize into `IntOrString`.)
 fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
+        "nullable": false,
         "anyOf": [{ "type": "integer" }, { "type": "string" }],
         "allOf": [{ "minimum": 0 }, { "pattern": "^(100|[1-9]?[0-9])%$", "maxLength": 4 }]
     })
@@ -86,9 +92,10 @@ pub struct ResilientServiceSpec {
     #[schemars(range(min = 0, max = 10000))]
     pub replicas: i32,
 
-    /// The pod every replica runs. Labels under the `perennial.dev/` prefix are reserved for
-    /// the operator. Changing the template starts a rollout to a new revision.
-    #[x_kube(validation = Rule::new("!has(self.metadata) || !has(self.metadata.labels) || !('perennial.dev/service' in self.metadata.labels || 'perennial.dev/slot' in self.metadata.labels || 'perennial.dev/revision' in self.metadata.labels)").message("spec.template.metadata.labels: the keys perennial.dev/service, perennial.dev/slot and perennial.dev/revision are reserved for the operator"))]
+    /// The pod every replica runs. The label keys `perennial.dev/service`,
+    /// `perennial.dev/slot` and `perennial.dev/revision` are reserved for the operator and
+    /// may not be set here. Changing the template starts a rollout to a new revision.
+    #[x_kube(validation = Rule::new("!has(self.metadata) || !has(self.metadata.labels) || !('perennial.dev/service' in self.metadata.labels || 'perennial.dev/slot' in self.metadata.labels || 'perennial.dev/revision' in self.metadata.labels)").message(Message::Expression("'spec.template.metadata.labels: the key ' + ['perennial.dev/service', 'perennial.dev/slot', 'perennial.dev/revision'].filter(k, k in self.metadata.labels)[0] + ' is reserved for the operator; perennial.dev/service, perennial.dev/slot and perennial.dev/revision may not be set in the template'".into())).field_path(".metadata.labels"))]
     pub template: PodTemplateSpec,
 
     /// Claims every replica gets, named `<template>-<service>-<ordinal>` and kept by the

@@ -1,0 +1,227 @@
+//! Carrying out a plan: creates, deletes, server-side applies with one field manager,
+//! Events, and the status, written only when it changed.
+
+mod events;
+
+pub use events::event_for;
+
+use futures::{stream, TryStreamExt};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Resource};
+use kube::runtime::events::Recorder;
+use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{ResilientService, FIELD_MANAGER};
+use crate::build;
+use crate::plan::{Action, Plan};
+
+/// Requests in flight at once for one service: parallel, but a bounded burst.
+const CONCURRENCY: usize = 16;
+
+/// A failed API call, naming what the operator was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct Error {
+    pub what: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// Executes `plan` for `svc`: every action, then the status if it changed.
+pub async fn execute(
+    client: &Client,
+    recorder: &Recorder,
+    svc: &ResilientService,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let ns = ns.as_str();
+    // In phases: a pod created before its claim would be judged unschedulable.
+    for phase in 0..3 {
+        let actions = plan.actions.iter().filter(|a| phase_of(a) == phase).map(Ok);
+        stream::iter(actions)
+            .try_for_each_concurrent(CONCURRENCY, |action| async move {
+                perform(client, ns, svc, action).await?;
+                if let Some(event) = event_for(action) {
+                    // An Event that cannot be written must not fail the reconcile.
+                    if let Err(e) = recorder.publish(&event, &svc.object_ref(&())).await {
+                        tracing::debug!(error = %e, "could not publish an event");
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    if svc.status.as_ref() != Some(&plan.status) {
+        write_status(client, ns, svc, plan).await?;
+    }
+    Ok(())
+}
+
+/// What a pod needs exists first; deletions come last.
+fn phase_of(action: &Action) -> u8 {
+    match action {
+        Action::CreateRevision { .. }
+        | Action::ApplyService
+        | Action::ApplyDisruptionBudget
+        | Action::CreateClaim { .. } => 0,
+        Action::CreatePod { .. } => 1,
+        Action::DeletePod { .. } | Action::DeleteClaim { .. } | Action::DeleteRevision { .. } => 2,
+    }
+}
+
+async fn perform(
+    client: &Client,
+    ns: &str,
+    svc: &ResilientService,
+    action: &Action,
+) -> Result<(), Error> {
+    match action {
+        Action::CreateRevision { number } => {
+            create(
+                Api::<ControllerRevision>::namespaced(client.clone(), ns),
+                &build::desired_revision(svc, *number),
+            )
+            .await
+        }
+        Action::ApplyService => {
+            apply(
+                Api::<Service>::namespaced(client.clone(), ns),
+                &build::desired_service(svc),
+            )
+            .await
+        }
+        Action::ApplyDisruptionBudget => {
+            apply(
+                Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+                &build::desired_disruption_budget(svc),
+            )
+            .await
+        }
+        Action::CreateClaim { template, ordinal } => {
+            let Some(t) = svc
+                .spec
+                .volume_claim_templates
+                .iter()
+                .find(|t| &t.metadata.name == template)
+            else {
+                return Ok(());
+            };
+            create(
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                &build::desired_claim(svc, t, *ordinal),
+            )
+            .await
+        }
+        Action::CreatePod { ordinal, revision } => {
+            create(
+                Api::<Pod>::namespaced(client.clone(), ns),
+                &build::desired_pod(svc, *ordinal, revision),
+            )
+            .await
+        }
+        Action::DeletePod { name, .. } => {
+            delete(Api::<Pod>::namespaced(client.clone(), ns), name).await
+        }
+        Action::DeleteClaim { name } => {
+            delete(
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                name,
+            )
+            .await
+        }
+        Action::DeleteRevision { name } => {
+            delete(
+                Api::<ControllerRevision>::namespaced(client.clone(), ns),
+                name,
+            )
+            .await
+        }
+    }
+}
+
+/// Creates an object; one that already exists (a create repeated on a stale cache) is fine.
+async fn create<K>(api: Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            },
+            object,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error {
+            what: format!("create {}", object.name_any()),
+            source,
+        }),
+    }
+}
+
+/// Server-side applies an object with the operator's field manager.
+async fn apply<K>(api: Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let mut body = serde_json::to_value(object).unwrap_or_default();
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&object.name_any(), &params, &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error {
+            what: format!("apply {} {}", K::kind(&()), object.name_any()),
+            source,
+        })
+}
+
+/// Deletes an object; one already gone is fine.
+async fn delete<K>(api: Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error {
+            what: format!("delete {name}"),
+            source,
+        }),
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    ns: &str,
+    svc: &ResilientService,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let api: Api<ResilientService> = Api::namespaced(client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": ResilientService::api_version(&()),
+        "kind": ResilientService::kind(&()),
+        "status": plan.status,
+    });
+    api.patch_status(
+        &svc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error {
+        what: format!("write the status of {}", svc.name_any()),
+        source,
+    })
+}

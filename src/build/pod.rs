@@ -1,0 +1,116 @@
+//! Replica pods: the user's template plus identity, ownership, spread and storage.
+
+use k8s_openapi::api::core::v1::{
+    Affinity, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    TopologySpreadConstraint, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::ObjectMeta;
+
+use super::{claim_name, name, owner_reference, selector_labels, service_name};
+use crate::api::{ResilientService, WhenUnsatisfiable, LABEL_REVISION, LABEL_SLOT};
+
+/// The node label one-per-node anti-affinity spreads over.
+const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
+
+/// `<service>-<ordinal>`: the pod's hostname, stable for the slot's life; with the headless
+/// Service as subdomain it is the replica's stable DNS name.
+pub fn pod_hostname(svc: &ResilientService, ordinal: i32) -> String {
+    format!("{}-{ordinal}", name(svc))
+}
+
+/// `<service>-<ordinal>-<revision hash>`. The revision in the name lets a stateless slot
+/// hold an old and a new pod at once during a surge, while the hostname (and so DNS) stays
+/// `<service>-<ordinal>`. Names are deterministic, so a create repeated on a stale cache is
+/// refused by the server rather than making a second pod.
+pub fn pod_name(svc: &ResilientService, ordinal: i32, revision: &str) -> String {
+    let hash = revision.rsplit('-').next().unwrap_or(revision);
+    format!("{}-{hash}", pod_hostname(svc, ordinal))
+}
+
+/// The pod of slot `ordinal` at `revision`, built from the service's current template.
+pub fn desired_pod(svc: &ResilientService, ordinal: i32, revision: &str) -> Pod {
+    let template = &svc.spec.template;
+    let template_meta = template.metadata.clone().unwrap_or_default();
+    let mut labels = template_meta.labels.unwrap_or_default();
+    labels.extend(selector_labels(svc));
+    labels.insert(LABEL_SLOT.to_string(), ordinal.to_string());
+    labels.insert(LABEL_REVISION.to_string(), revision.to_string());
+
+    let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
+    spec.hostname = Some(pod_hostname(svc, ordinal));
+    spec.subdomain = Some(service_name(svc));
+    attach_claims(svc, ordinal, &mut spec);
+    spread(svc, &mut spec);
+
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(svc, ordinal, revision)),
+            namespace: svc.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: template_meta.annotations,
+            owner_references: owner_reference(svc).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// Mounts the slot's claims; a claim template wins over a template volume of the same name.
+fn attach_claims(svc: &ResilientService, ordinal: i32, spec: &mut PodSpec) {
+    if svc.spec.volume_claim_templates.is_empty() {
+        return;
+    }
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    for template in &svc.spec.volume_claim_templates {
+        let volume_name = &template.metadata.name;
+        volumes.retain(|v| &v.name != volume_name);
+        volumes.push(Volume {
+            name: volume_name.clone(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(volume_name, svc, ordinal),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+/// Spreads replicas over failure domains, and over nodes when one per node is asked for.
+fn spread(svc: &ResilientService, spec: &mut PodSpec) {
+    let redundancy = &svc.spec.redundancy;
+    let selector = LabelSelector {
+        match_labels: Some(selector_labels(svc)),
+        ..Default::default()
+    };
+    let when_unsatisfiable = match redundancy.when_unsatisfiable {
+        WhenUnsatisfiable::ScheduleAnyway => "ScheduleAnyway",
+        WhenUnsatisfiable::DoNotSchedule => "DoNotSchedule",
+    };
+    let constraints = spec
+        .topology_spread_constraints
+        .get_or_insert_with(Vec::new);
+    constraints.retain(|c| c.topology_key != redundancy.topology_key);
+    constraints.push(TopologySpreadConstraint {
+        topology_key: redundancy.topology_key.clone(),
+        max_skew: redundancy.max_skew,
+        min_domains: redundancy.min_domains,
+        when_unsatisfiable: when_unsatisfiable.to_string(),
+        label_selector: Some(selector.clone()),
+        ..Default::default()
+    });
+    if redundancy.one_per_node {
+        let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+        let anti = affinity
+            .pod_anti_affinity
+            .get_or_insert_with(PodAntiAffinity::default);
+        anti.required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(Vec::new)
+            .push(PodAffinityTerm {
+                label_selector: Some(selector),
+                topology_key: HOSTNAME_KEY.to_string(),
+                ..Default::default()
+            });
+    }
+}

@@ -1,0 +1,286 @@
+//! kube-runtime wiring: shared caches, triggers, the reconcile pass and its error policy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::Api;
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::api::{ResilientService, LABEL_SERVICE};
+use crate::observe::{observe, Caches};
+use crate::{act, health, plan};
+
+/// How often a healthy service is looked at even when nothing changes.
+const RESYNC: Duration = Duration::from_secs(300);
+/// The error policy's backoff: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Errors of a reconcile pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Act(#[from] act::Error),
+}
+
+/// Options of a running controller.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Namespace to watch; None for all.
+    pub namespace: Option<String>,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+}
+
+/// What every reconcile pass shares.
+pub struct Context {
+    client: Client,
+    caches: Caches,
+    recorder: Recorder,
+    failures: Mutex<HashMap<ObjectRef<ResilientService>, u32>>,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A cache fed by a watch; managed fields are dropped, since nothing reads them.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config).modify(|o: &mut K| o.meta_mut().managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects();
+    (reader, stream)
+}
+
+/// Maps an object carrying our service label to its ResilientService.
+fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
+    let name = object.meta().labels.as_ref()?.get(LABEL_SERVICE)?;
+    let ns = object.meta().namespace.as_deref()?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+/// Runs the controller until a shutdown signal.
+pub async fn run(client: Client, options: Options) {
+    let ns = options.namespace.as_deref();
+    let ours = watcher::Config::default().labels(LABEL_SERVICE);
+    let (pods, pod_events) = cached(api::<Pod>(&client, ns), ours.clone());
+    let (claims, claim_events) = cached(api::<PersistentVolumeClaim>(&client, ns), ours.clone());
+    let (revisions, revision_events) = cached(api::<ControllerRevision>(&client, ns), ours.clone());
+    let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);
+    // A user's own Service may serve as the headless Service, so every Service is cached.
+    let (services, service_events) =
+        cached(api::<Service>(&client, ns), watcher::Config::default());
+    let (nodes, node_events) = cached(Api::<Node>::all(client.clone()), watcher::Config::default());
+
+    let caches = Caches {
+        pods: pods.clone(),
+        claims,
+        revisions,
+        services,
+        budgets,
+        nodes,
+    };
+    let reporter = Reporter {
+        controller: "perennial".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        caches: caches.clone(),
+        failures: Mutex::default(),
+    });
+
+    // A node event reconciles every service with a pod on that node.
+    let pods_on_node = pods.clone();
+    let node_to_services = move |node: Node| {
+        let node_name = node.name_any();
+        pods_on_node
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
+            })
+            .filter_map(|p| by_label(p.as_ref().clone()))
+            .collect::<Vec<_>>()
+    };
+
+    let controller = Controller::new(
+        api::<ResilientService>(&client, ns),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerConfig::default().concurrency(options.concurrency))
+    .owns_stream(pod_events)
+    .owns_stream(revision_events)
+    .owns_stream(budget_events)
+    .watches_stream(claim_events, by_label)
+    .watches_stream(service_events, |s: Service| {
+        // Services are matched by name: the headless Service is named by the spec.
+        let ns = s.namespace()?;
+        Some(ObjectRef::new(&s.name_any()).within(&ns))
+    })
+    .watches_stream(node_events, node_to_services)
+    .shutdown_on_signal();
+
+    let ready = async move {
+        caches.ready().await;
+        tracing::info!("caches synced");
+    };
+    let run = controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        });
+    futures::join!(ready, run);
+}
+
+async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    // Plan nothing from half-filled caches: an empty pod cache would look like lost pods.
+    ctx.caches.ready().await;
+    let span = tracing::info_span!("reconcile", namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any());
+    let _enter = span.enter();
+    if svc.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes what the service owns; retained claims stay.
+        return Ok(Requeue::await_change());
+    }
+    let observed = observe(&svc, &ctx.caches);
+    let seen = health::assess(&svc, &observed, jiff::Timestamp::now());
+    let plan = plan::plan(&svc, &seen);
+    if !plan.actions.is_empty() {
+        tracing::info!(actions = ?plan.actions, "acting");
+    }
+    drop(_enter);
+    act::execute(&ctx.client, &ctx.recorder, &svc, &plan).await?;
+    if let Ok(mut failures) = ctx.failures.lock() {
+        failures.remove(&ObjectRef::from(svc.as_ref()));
+    }
+    Ok(Requeue::requeue(
+        plan.requeue_after.unwrap_or(RESYNC).min(RESYNC),
+    ))
+}
+
+/// Transient errors are retried with a per-object exponential backoff: never a hot loop.
+fn error_policy(svc: Arc<ResilientService>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let attempts = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(ObjectRef::from(svc.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = BACKOFF_FIRST
+        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
+        .min(BACKOFF_MAX);
+    tracing::warn!(namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+/// Command-line options of `perennial run`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Path of a kubeconfig; without it, KUBECONFIG, ~/.kube/config or the in-cluster config.
+    #[arg(long, env = "PERENNIAL_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespaces to watch (comma-separated); all namespaces when empty.
+    #[arg(long, env = "PERENNIAL_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Reconciles running at once (per namespace watched).
+    #[arg(long, env = "PERENNIAL_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Log format.
+    #[arg(long, env = "PERENNIAL_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+/// Errors that stop the operator before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot configure a client: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("cannot build a client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// Connects and runs one controller per watched namespace (or one for all).
+pub async fn main(args: RunArgs) -> Result<(), StartError> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                StartError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| StartError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = Client::try_from(config)?;
+    tracing::info!(namespaces = ?args.namespaces, concurrency = args.concurrency, "perennial starting");
+    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    futures::future::join_all(namespaces.into_iter().map(|namespace| {
+        run(
+            client.clone(),
+            Options {
+                namespace,
+                concurrency: args.concurrency,
+            },
+        )
+    }))
+    .await;
+    Ok(())
+}

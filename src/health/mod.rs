@@ -1,0 +1,7 @@
+//! Judging pods: what state each replica is in and, when it fails, why. Pure.
+
+mod assess;
+mod pod;
+
+pub use assess::{assess, Assessment, ClaimView, PodView, RevisionView, ServiceState};
+pub use pod::{judge_pod, PodState};

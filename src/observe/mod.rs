@@ -1,0 +1,113 @@
+//! Reading what exists into plain data. The reads come from shared watch caches, so a
+//! reconcile costs the API server nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use crate::api::{ResilientService, LABEL_SERVICE};
+use crate::build;
+
+/// The shared caches the controller keeps.
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub claims: Store<PersistentVolumeClaim>,
+    pub revisions: Store<ControllerRevision>,
+    pub services: Store<Service>,
+    pub budgets: Store<PodDisruptionBudget>,
+    pub nodes: Store<Node>,
+}
+
+impl Caches {
+    /// Resolves once every cache has its first full list.
+    pub async fn ready(&self) {
+        let _ = futures::join!(
+            self.pods.wait_until_ready(),
+            self.claims.wait_until_ready(),
+            self.revisions.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.budgets.wait_until_ready(),
+            self.nodes.wait_until_ready(),
+        );
+    }
+}
+
+/// Everything that exists for one ResilientService.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Pods the service controls (by controller owner reference).
+    pub pods: Vec<Arc<Pod>>,
+    /// Claims labelled for the service (owned or retained).
+    pub claims: Vec<Arc<PersistentVolumeClaim>>,
+    /// ControllerRevisions the service controls.
+    pub revisions: Vec<Arc<ControllerRevision>>,
+    /// The Service named by spec.serviceName, whoever owns it.
+    pub service: Option<Arc<Service>>,
+    /// The PodDisruptionBudget the service controls.
+    pub budget: Option<Arc<PodDisruptionBudget>>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Arc<Node>>,
+}
+
+/// Collects what exists for `svc` from the caches.
+pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
+    let namespace = svc.namespace().unwrap_or_default();
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
+    let name = svc.name_any();
+    let same_ns = |m: &kube::api::ObjectMeta| m.namespace.as_deref() == Some(namespace.as_str());
+    let controlled = |m: &kube::api::ObjectMeta| {
+        same_ns(m)
+            && m.owner_references
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+    };
+    let labelled = |m: &kube::api::ObjectMeta| {
+        same_ns(m)
+            && m.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SERVICE))
+                .is_some_and(|v| v == &name)
+    };
+
+    let service_ref = ObjectRef::<Service>::new(&build::service_name(svc)).within(&namespace);
+    let budget_ref = ObjectRef::<PodDisruptionBudget>::new(&name).within(&namespace);
+    Observed {
+        pods: caches
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| controlled(p.meta()))
+            .collect(),
+        claims: caches
+            .claims
+            .state()
+            .into_iter()
+            .filter(|c| labelled(c.meta()))
+            .collect(),
+        revisions: caches
+            .revisions
+            .state()
+            .into_iter()
+            .filter(|r| controlled(r.meta()))
+            .collect(),
+        service: caches.services.get(&service_ref),
+        budget: caches
+            .budgets
+            .get(&budget_ref)
+            .filter(|b| controlled(b.meta())),
+        nodes: caches
+            .nodes
+            .state()
+            .into_iter()
+            .map(|n| (n.name_any(), n))
+            .collect(),
+    }
+}

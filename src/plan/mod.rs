@@ -1,0 +1,91 @@
+//! The brain: (spec, what was judged, now) → actions and status. Pure.
+
+mod conditions;
+mod revisions;
+mod slots;
+mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{ResilientService, ResilientServiceStatus};
+use crate::health::{Assessment, ServiceState};
+
+pub use conditions::merge_conditions;
+
+/// Creates allowed in one pass; the rest follow on the next pass, so one huge scale-up
+/// cannot flood the API server.
+pub const MAX_CREATES_PER_PASS: usize = 64;
+
+/// One change the operator makes to the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Record the current template as ControllerRevision `number`.
+    CreateRevision { number: i64 },
+    /// Create or correct the headless Service.
+    ApplyService,
+    /// Create or correct the PodDisruptionBudget.
+    ApplyDisruptionBudget,
+    /// Create the claim of `ordinal` from the claim template `template`.
+    CreateClaim { template: String, ordinal: i32 },
+    /// Create the pod of `ordinal` at `revision`.
+    CreatePod { ordinal: i32, revision: String },
+    /// Delete a pod; `reason` goes to the Event.
+    DeletePod { name: String, reason: String },
+    /// Delete a claim (only where the retention policy says so).
+    DeleteClaim { name: String },
+    /// Delete a revision beyond revisionHistoryLimit.
+    DeleteRevision { name: String },
+}
+
+/// What to do, and what to report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub status: ResilientServiceStatus,
+    /// Look again after this long even if nothing changes (a minReadySeconds timer).
+    pub requeue_after: Option<Duration>,
+}
+
+/// Plans one pass for `svc`.
+pub fn plan(svc: &ResilientService, seen: &Assessment) -> Plan {
+    let update_revision = crate::build::revision_name(svc);
+    let mut actions = revisions::plan(svc, seen, &update_revision);
+    match seen.service {
+        ServiceState::Missing | ServiceState::Ours { up_to_date: false } => {
+            actions.push(Action::ApplyService)
+        }
+        ServiceState::Ours { up_to_date: true } | ServiceState::Foreign => {}
+    }
+    if seen.budget_up_to_date != Some(true) {
+        actions.push(Action::ApplyDisruptionBudget);
+    }
+    actions.extend(slots::plan(svc, seen, &update_revision));
+    let (status, requeue_after) = status::compute(svc, seen, &update_revision);
+    Plan {
+        actions,
+        status,
+        requeue_after,
+    }
+}
+
+/// Resolves a count-or-percentage against `total`, rounding a percentage up or down.
+pub fn resolve(value: &IntOrString, total: i32, round_up: bool) -> i32 {
+    match value {
+        IntOrString::Int(n) => (*n).max(0),
+        IntOrString::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            let scaled = i64::from(total.max(0)) * pct.clamp(0, 100);
+            let n = if round_up {
+                (scaled + 99) / 100
+            } else {
+                scaled / 100
+            };
+            n as i32
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Replica slots: create what is missing, remove what is beyond `replicas`, replace what
+//! has failed for good.
+
+use std::collections::BTreeMap;
+
+use super::{Action, MAX_CREATES_PER_PASS};
+use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService};
+use crate::health::{Assessment, PodState, PodView};
+
+pub(super) fn plan(
+    svc: &ResilientService,
+    seen: &Assessment,
+    update_revision: &str,
+) -> Vec<Action> {
+    let replicas = svc.spec.replicas.max(0);
+    let ordered = svc.spec.pod_management_policy == PodManagementPolicy::OrderedReady;
+    let mut by_slot: BTreeMap<i32, Vec<&PodView>> = BTreeMap::new();
+    for pod in &seen.pods {
+        by_slot.entry(pod.slot).or_default().push(pod);
+    }
+
+    let mut actions: Vec<Action> = seen
+        .strays
+        .iter()
+        .map(|name| Action::DeletePod {
+            name: name.clone(),
+            reason: "pod has no valid slot or revision label".to_string(),
+        })
+        .collect();
+    let mut creates = 0;
+
+    for ordinal in 0..replicas {
+        let pods = by_slot.get(&ordinal).map(Vec::as_slice).unwrap_or_default();
+        for template in &svc.spec.volume_claim_templates {
+            let exists = seen
+                .claims
+                .iter()
+                .any(|c| c.slot == ordinal && c.template == template.metadata.name);
+            if !exists {
+                actions.push(Action::CreateClaim {
+                    template: template.metadata.name.clone(),
+                    ordinal,
+                });
+            }
+        }
+        // A pod that has ended is gone for good: its slot gets a new one once it is deleted.
+        for pod in pods {
+            if let PodState::Failed { reason, .. } = &pod.state {
+                actions.push(Action::DeletePod {
+                    name: pod.name.clone(),
+                    reason: format!("replacing pod that ended: {reason}"),
+                });
+            }
+        }
+        let live: Vec<&&PodView> = pods
+            .iter()
+            .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
+            .collect();
+        // Two live pods in one slot (a surge, or a race) leave only the best one behind.
+        if live.len() > 1 {
+            let keep = best_pod(&live, update_revision);
+            for pod in live.iter().filter(|p| p.name != keep) {
+                actions.push(Action::DeletePod {
+                    name: pod.name.clone(),
+                    reason: format!("slot {ordinal} has more than one pod"),
+                });
+            }
+        }
+        // A slot gets a new pod only once no pod of it exists at all, terminating ones
+        // included: two pods must never share a slot's storage or identity.
+        if pods.is_empty() {
+            if ordered && !predecessors_ready(&by_slot, ordinal) {
+                break;
+            }
+            if creates < MAX_CREATES_PER_PASS {
+                actions.push(Action::CreatePod {
+                    ordinal,
+                    revision: update_revision.to_string(),
+                });
+                creates += 1;
+            }
+        }
+    }
+
+    // Scale down: highest ordinals first; with OrderedReady, one at a time.
+    let mut excess: Vec<&PodView> = seen
+        .pods
+        .iter()
+        .filter(|p| p.slot >= replicas && p.state != PodState::Terminating)
+        .collect();
+    excess.sort_by(|a, b| b.slot.cmp(&a.slot));
+    let terminating_excess = seen
+        .pods
+        .iter()
+        .any(|p| p.slot >= replicas && p.state == PodState::Terminating);
+    let take = if ordered {
+        usize::from(!terminating_excess)
+    } else {
+        excess.len()
+    };
+    for pod in excess.into_iter().take(take) {
+        actions.push(Action::DeletePod {
+            name: pod.name.clone(),
+            reason: format!("scaled down to {replicas} replicas"),
+        });
+    }
+
+    // Claims of removed slots go only when the policy says so, and only once their pod is gone.
+    if svc
+        .spec
+        .persistent_volume_claim_retention_policy
+        .when_scaled
+        == ClaimRetention::Delete
+    {
+        for claim in &seen.claims {
+            if claim.slot >= replicas && !claim.deleting && !by_slot.contains_key(&claim.slot) {
+                actions.push(Action::DeleteClaim {
+                    name: claim.name.clone(),
+                });
+            }
+        }
+    }
+    actions
+}
+
+/// With OrderedReady, slot n starts only once slots 0..n are Ready.
+fn predecessors_ready(by_slot: &BTreeMap<i32, Vec<&PodView>>, ordinal: i32) -> bool {
+    (0..ordinal).all(|o| {
+        by_slot
+            .get(&o)
+            .is_some_and(|pods| pods.iter().any(|p| p.state.is_ready()))
+    })
+}
+
+/// The pod to keep among several live ones of a slot: Ready first, then on the update
+/// revision, then by name for a stable choice.
+fn best_pod(pods: &[&&PodView], update_revision: &str) -> String {
+    pods.iter()
+        .max_by_key(|p| {
+            (
+                p.state.is_ready(),
+                p.revision == update_revision,
+                std::cmp::Reverse(p.name.clone()),
+            )
+        })
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
+}
