@@ -14,6 +14,11 @@ use super::ResilientServiceStatus;
 /// "100%". Plain OpenAPI rather than CEL: the API server prices a regex over an unbounded
 /// string far above the CEL budget, and these messages already name the field.
 ///
+/// The keywords sit on the property itself, not in an `allOf`: OpenAPI applies `minimum`
+/// only to integers and `pattern`/`maxLength` only to strings, and the server then reports
+/// one error naming the field instead of adding a path-less "must validate all the
+/// schemas (allOf)". `maxLength` also tells the CEL cost estimator the strings are short.
+///
 /// Not nullable: the API server then drops an explicit `null` before defaulting, so a
 /// field with a default gets it and an optional one is simply absent. (kube marks every
 /// optional int-or-string nullable unless the schema says otherwise; a stored `null` would
@@ -22,8 +27,9 @@ fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
         "nullable": false,
-        "anyOf": [{ "type": "integer" }, { "type": "string" }],
-        "allOf": [{ "minimum": 0 }, { "pattern": "^(100|[1-9]?[0-9])%$", "maxLength": 4 }]
+        "minimum": 0,
+        "maxLength": 4,
+        "pattern": "^(100|[1-9]?[0-9])%$"
     })
 }
 
@@ -81,7 +87,7 @@ fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.update.partition <= self.replicas").message("spec.update.partition must be between 0 and spec.replicas").field_path(".update.partition"))]
+#[x_kube(validation = Rule::new("self.replicas < 0 || self.update.partition <= self.replicas").message("spec.update.partition must be between 0 and spec.replicas").field_path(".update.partition"))]
 #[x_kube(validation = Rule::new("has(self.serviceName) == has(oldSelf.serviceName) && (!has(self.serviceName) || self.serviceName == oldSelf.serviceName)").message("spec.serviceName is immutable: pods' DNS names depend on it; create a new ResilientService to change it").field_path(".serviceName"))]
 #[x_kube(validation = Rule::new("self.volumeClaimTemplates == oldSelf.volumeClaimTemplates").message("spec.volumeClaimTemplates is immutable: existing claims hold data; create a new ResilientService to change storage").field_path(".volumeClaimTemplates"))]
 #[serde(rename_all = "camelCase")]

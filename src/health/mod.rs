@@ -4,4 +4,4 @@ mod assess;
 mod pod;
 
 pub use assess::{assess, Assessment, ClaimView, PodView, RevisionView, ServiceState};
-pub use pod::{judge_pod, PodState};
+pub use pod::{judge_pod, PodState, UNSCHEDULABLE_GRACE};

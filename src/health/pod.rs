@@ -3,13 +3,16 @@
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition};
 
+/// How long a pod may wait for the scheduler before it counts as failing.
+pub const UNSCHEDULABLE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a replica's pod is doing, as far as the operator is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodState {
     /// Not yet placed on a node.
     Pending,
-    /// The scheduler cannot place it.
-    Unschedulable { message: String },
+    /// The scheduler cannot place it (since `since`).
+    Unschedulable { message: String, since: Timestamp },
     /// Placed, containers starting or not yet Ready for the first time.
     Starting,
     /// Ready since `since`.
@@ -47,10 +50,14 @@ impl PodState {
         }
     }
 
-    /// The identified failure, if this state is one: (reason, message).
-    pub fn failure(&self) -> Option<(&str, &str)> {
+    /// The identified failure at `now`, if this state is one: (reason, message). A pod
+    /// the scheduler could not place yet is a failure only after UNSCHEDULABLE_GRACE: the
+    /// scheduler retries, and a claim or node may be on its way.
+    pub fn failure(&self, now: Timestamp) -> Option<(&str, &str)> {
         match self {
-            PodState::Unschedulable { message } => Some(("Unschedulable", message)),
+            PodState::Unschedulable { message, since } => (now.as_second() - since.as_second()
+                >= UNSCHEDULABLE_GRACE.as_secs() as i64)
+                .then_some(("Unschedulable", message.as_str())),
             PodState::CrashLooping {
                 reason, message, ..
             }
@@ -103,6 +110,7 @@ pub fn judge_pod(pod: &Pod) -> PodState {
         if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") {
             return PodState::Unschedulable {
                 message: c.message.clone().unwrap_or_default(),
+                since: transition(c),
             };
         }
     }

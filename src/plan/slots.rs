@@ -27,7 +27,7 @@ pub(super) fn plan(
             reason: "pod has no valid slot or revision label".to_string(),
         })
         .collect();
-    let mut creates = 0;
+    let mut wanted_creates: Vec<i32> = Vec::new();
 
     for ordinal in 0..replicas {
         let pods = by_slot.get(&ordinal).map(Vec::as_slice).unwrap_or_default();
@@ -72,13 +72,7 @@ pub(super) fn plan(
             if ordered && !predecessors_ready(&by_slot, ordinal) {
                 break;
             }
-            if creates < MAX_CREATES_PER_PASS {
-                actions.push(Action::CreatePod {
-                    ordinal,
-                    revision: update_revision.to_string(),
-                });
-                creates += 1;
-            }
+            wanted_creates.push(ordinal);
         }
     }
 
@@ -104,6 +98,31 @@ pub(super) fn plan(
             reason: format!("scaled down to {replicas} replicas"),
         });
     }
+
+    // Never more live pods than replicas: pods still leaving hold their place until gone.
+    let deleting: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let staying = seen
+        .pods
+        .iter()
+        .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
+        .filter(|p| !deleting.contains(&p.name.as_str()))
+        .count();
+    let room = usize::try_from(replicas).unwrap_or(0).saturating_sub(staying);
+    let creates: Vec<Action> = wanted_creates
+        .into_iter()
+        .take(room.min(MAX_CREATES_PER_PASS))
+        .map(|ordinal| Action::CreatePod {
+            ordinal,
+            revision: update_revision.to_string(),
+        })
+        .collect();
+    actions.extend(creates);
 
     // Claims of removed slots go only when the policy says so, and only once their pod is gone.
     if svc

@@ -46,6 +46,16 @@ pub(super) fn compute(
             requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
         }
     }
+    for pod in &live {
+        if let PodState::Unschedulable { since, .. } = pod.state {
+            let waited = (seen.now.as_second() - since.as_second()).max(0) as u64;
+            let grace = crate::health::UNSCHEDULABLE_GRACE.as_secs();
+            if waited < grace {
+                let wait = Duration::from_secs(grace - waited);
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
+        }
+    }
     let replicas = live.len() as i32;
     let updated = live
         .iter()
@@ -60,7 +70,7 @@ pub(super) fn compute(
         .filter(|p| p.slot < desired)
         .filter_map(|p| {
             p.state
-                .failure()
+                .failure(seen.now)
                 .map(|(r, m)| (p.slot, p.name.as_str(), r, m))
         })
         .collect();
@@ -213,7 +223,7 @@ fn ledger(
                 .iter()
                 .filter(|p| p.slot == ordinal)
                 .max_by_key(|p| (p.state != PodState::Terminating, p.state.is_ready()));
-            let last_failure = match pod.and_then(|p| p.state.failure()) {
+            let last_failure = match pod.and_then(|p| p.state.failure(seen.now)) {
                 Some((reason, message)) => {
                     let prior = before.and_then(|b| b.last_failure.as_ref());
                     Some(match prior {

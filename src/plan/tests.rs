@@ -1,1 +1,475 @@
+//! Planner tests: examples, and property tests of its invariants over arbitrary states.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+use super::*;
+use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService};
+use crate::build::{pod_name, revision_name};
+use crate::health::{Assessment, ClaimView, PodState, PodView, RevisionView, ServiceState};
+
+const OLD_REVISION: &str = "web-0000000000";
+
+fn service(replicas: i32, storage: bool) -> ResilientService {
+    let mut spec = serde_json::json!({
+        "replicas": replicas,
+        "template": {"spec": {"containers": [{"name": "app", "image": "example/app:1"}]}},
+    });
+    if storage {
+        spec["volumeClaimTemplates"] = serde_json::json!([{
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }]);
+    }
+    let mut svc: ResilientService = serde_json::from_value(serde_json::json!({
+        "apiVersion": "perennial.dev/v1alpha1",
+        "kind": "ResilientService",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "generation": 1},
+        "spec": spec,
+    }))
+    .expect("a valid service");
+    svc.spec.update.min_ready_seconds = 0;
+    svc
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn ready_pod(svc: &ResilientService, slot: i32, revision: &str) -> PodView {
+    PodView {
+        name: pod_name(svc, slot, revision),
+        slot,
+        revision: revision.to_string(),
+        node: Some(format!("node-{}", slot % 3)),
+        state: PodState::Ready {
+            since: Timestamp::from_second(1_700_000_000).unwrap(),
+        },
+    }
+}
+
+/// A service whose every object exists and is healthy.
+fn converged(svc: &ResilientService) -> Assessment {
+    let rev = revision_name(svc);
+    let replicas = svc.spec.replicas;
+    Assessment {
+        now: now(),
+        pods: (0..replicas).map(|s| ready_pod(svc, s, &rev)).collect(),
+        strays: vec![],
+        claims: svc
+            .spec
+            .volume_claim_templates
+            .iter()
+            .flat_map(|t| (0..replicas).map(move |s| claim("data", s, &t.metadata.name)))
+            .collect(),
+        revisions: vec![RevisionView {
+            name: rev,
+            number: 1,
+        }],
+        service: ServiceState::Ours { up_to_date: true },
+        budget_up_to_date: Some(true),
+        node_domains: (0..3)
+            .map(|n| (format!("node-{n}"), format!("zone-{n}")))
+            .collect(),
+    }
+}
+
+fn claim(svc_name: &str, slot: i32, template: &str) -> ClaimView {
+    let _ = svc_name;
+    ClaimView {
+        name: format!("{template}-web-{slot}"),
+        slot,
+        template: template.to_string(),
+        deleting: false,
+    }
+}
+
+/// What the cluster looks like once `actions` are carried out (deletions still terminating).
+fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Assessment {
+    let mut next = seen.clone();
+    for action in actions {
+        match action {
+            Action::CreateRevision { number } => {
+                let name = revision_name(svc);
+                if !next.revisions.iter().any(|r| r.name == name) {
+                    next.revisions.push(RevisionView {
+                        name,
+                        number: *number,
+                    });
+                }
+            }
+            Action::ApplyService => next.service = ServiceState::Ours { up_to_date: true },
+            Action::ApplyDisruptionBudget => next.budget_up_to_date = Some(true),
+            Action::CreateClaim { template, ordinal } => {
+                let c = claim("web", *ordinal, template);
+                if !next.claims.iter().any(|x| x.name == c.name) {
+                    next.claims.push(c);
+                }
+            }
+            Action::CreatePod { ordinal, revision } => {
+                let name = pod_name(svc, *ordinal, revision);
+                if !next.pods.iter().any(|p| p.name == name) {
+                    next.pods.push(PodView {
+                        name,
+                        slot: *ordinal,
+                        revision: revision.clone(),
+                        node: None,
+                        state: PodState::Pending,
+                    });
+                }
+            }
+            Action::DeletePod { name, .. } => {
+                next.strays.retain(|s| s != name);
+                for p in next.pods.iter_mut().filter(|p| &p.name == name) {
+                    p.state = PodState::Terminating;
+                }
+            }
+            Action::DeleteClaim { name } => {
+                for c in next.claims.iter_mut().filter(|c| &c.name == name) {
+                    c.deleting = true;
+                }
+            }
+            Action::DeleteRevision { name } => next.revisions.retain(|r| &r.name != name),
+        }
+    }
+    next
+}
+
+fn pods_per_slot(seen: &Assessment) -> BTreeMap<i32, usize> {
+    let mut m = BTreeMap::new();
+    for p in &seen.pods {
+        *m.entry(p.slot).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn converged_service_needs_no_action_and_reports_available() {
+    for storage in [false, true] {
+        let svc = service(3, storage);
+        let p = plan(&svc, &converged(&svc));
+        assert_eq!(p.actions, vec![], "storage={storage}");
+        assert_eq!(p.status.available_replicas, 3);
+        assert_eq!(p.status.domains.len(), 3);
+        let available = p.status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+        assert_eq!(available.status, "True");
+    }
+}
+
+#[test]
+fn new_service_creates_revision_service_budget_claims_and_pods() {
+    let svc = service(3, true);
+    let seen = Assessment {
+        pods: vec![],
+        claims: vec![],
+        revisions: vec![],
+        service: ServiceState::Missing,
+        budget_up_to_date: None,
+        ..converged(&svc)
+    };
+    let actions: BTreeSet<Action> = plan(&svc, &seen).actions.into_iter().collect();
+    let rev = revision_name(&svc);
+    let mut want: BTreeSet<Action> = [
+        Action::CreateRevision { number: 1 },
+        Action::ApplyService,
+        Action::ApplyDisruptionBudget,
+    ]
+    .into();
+    for ordinal in 0..3 {
+        want.insert(Action::CreateClaim {
+            template: "data".into(),
+            ordinal,
+        });
+        want.insert(Action::CreatePod {
+            ordinal,
+            revision: rev.clone(),
+        });
+    }
+    assert_eq!(actions, want);
+}
+
+#[test]
+fn deleted_pod_is_recreated_in_the_same_slot_once_it_is_gone() {
+    let svc = service(3, true);
+    let mut seen = converged(&svc);
+    seen.pods[1].state = PodState::Terminating;
+    assert_eq!(plan(&svc, &seen).actions, vec![], "must wait for the old pod to go");
+    seen.pods.remove(1);
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![Action::CreatePod {
+            ordinal: 1,
+            revision: revision_name(&svc)
+        }]
+    );
+}
+
+#[test]
+fn scale_down_removes_highest_ordinals_and_keeps_claims_by_default() {
+    let mut svc = service(5, true);
+    let seen = converged(&svc);
+    svc.spec.replicas = 2;
+    let actions = plan(&svc, &seen).actions;
+    let deleted: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let rev = revision_name(&svc);
+    assert_eq!(
+        deleted,
+        vec![
+            pod_name(&svc, 4, &rev),
+            pod_name(&svc, 3, &rev),
+            pod_name(&svc, 2, &rev)
+        ]
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::DeleteClaim { .. })));
+}
+
+#[test]
+fn scale_down_with_delete_policy_deletes_claims_only_after_their_pods_are_gone() {
+    let mut svc = service(3, true);
+    let mut seen = converged(&svc);
+    svc.spec.replicas = 2;
+    svc.spec.persistent_volume_claim_retention_policy.when_scaled = ClaimRetention::Delete;
+    let first = plan(&svc, &seen).actions;
+    assert!(!first.iter().any(|a| matches!(a, Action::DeleteClaim { .. })));
+    seen.pods.retain(|p| p.slot < 2);
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![Action::DeleteClaim {
+            name: "data-web-2".into()
+        }]
+    );
+}
+
+#[test]
+fn ordered_ready_starts_slots_one_after_another() {
+    let mut svc = service(3, false);
+    svc.spec.pod_management_policy = PodManagementPolicy::OrderedReady;
+    let mut seen = converged(&svc);
+    seen.pods.clear();
+    let creates = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreatePod { .. }))
+            .count()
+    };
+    assert_eq!(creates(&plan(&svc, &seen).actions), 1);
+    let rev = revision_name(&svc);
+    let mut starting = ready_pod(&svc, 0, &rev);
+    starting.state = PodState::Starting;
+    seen.pods.push(starting);
+    assert_eq!(creates(&plan(&svc, &seen).actions), 0, "slot 0 is not Ready yet");
+    seen.pods[0] = ready_pod(&svc, 0, &rev);
+    assert_eq!(creates(&plan(&svc, &seen).actions), 1);
+}
+
+#[test]
+fn failed_pod_is_deleted_and_the_slot_reported_failing() {
+    let svc = service(3, false);
+    let mut seen = converged(&svc);
+    seen.pods[2].state = PodState::Failed {
+        reason: "Evicted".into(),
+        message: "the node was low on memory".into(),
+    };
+    let p = plan(&svc, &seen);
+    assert!(matches!(&p.actions[..], [Action::DeletePod { name, .. }] if name == &seen.pods[2].name));
+    assert_eq!(p.status.available_replicas, 2);
+}
+
+#[test]
+fn crash_looping_replica_marks_the_service_degraded_with_its_reason() {
+    let svc = service(3, false);
+    let mut seen = converged(&svc);
+    seen.pods[0].state = PodState::CrashLooping {
+        reason: "OOMKilled".into(),
+        message: "container app restarted 4 times".into(),
+        restarts: 4,
+    };
+    let status = plan(&svc, &seen).status;
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "OOMKilled");
+    assert_eq!(status.reason.as_deref(), Some("OOMKilled"));
+    let entry = &status.replica_statuses[0];
+    assert_eq!(entry.last_failure.as_ref().unwrap().reason, "OOMKilled");
+}
+
+#[test]
+fn condition_transition_time_moves_only_when_status_moves() {
+    let svc = service(3, false);
+    let seen = converged(&svc);
+    let first = plan(&svc, &seen).status;
+    let mut svc2 = svc.clone();
+    svc2.status = Some(first.clone());
+    let mut later = seen.clone();
+    later.now = Timestamp::from_second(1_800_000_100).unwrap();
+    let second = plan(&svc2, &later).status;
+    assert_eq!(first, second, "an unchanged service must not change its status");
+
+    later.pods[0].state = PodState::Starting;
+    later.pods[1].state = PodState::Starting;
+    let third = plan(&svc2, &later).status;
+    let available = third.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+    assert_eq!(available.status, "False");
+    assert_eq!(available.last_transition_time.0, later.now);
+}
+
+#[test]
+fn revision_history_is_trimmed_to_the_limit_but_never_below_what_pods_use() {
+    let mut svc = service(1, false);
+    svc.spec.revision_history_limit = 1;
+    let mut seen = converged(&svc);
+    for n in 2..6 {
+        seen.revisions.push(RevisionView {
+            name: format!("web-old{n}"),
+            number: n,
+        });
+    }
+    seen.pods.push(PodView {
+        slot: 5,
+        ..ready_pod(&svc, 5, "web-old2")
+    });
+    let deleted: BTreeSet<String> = plan(&svc, &seen)
+        .actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::DeleteRevision { name } => Some(name),
+            _ => None,
+        })
+        .collect();
+    // web-old5 is the newest kept; web-old2 is in use.
+    assert_eq!(deleted, ["web-old3".to_string(), "web-old4".to_string()].into());
+}
+
+#[test]
+fn percentages_round_as_documented() {
+    assert_eq!(resolve(&IntOrString::String("25%".into()), 10, true), 3);
+    assert_eq!(resolve(&IntOrString::String("25%".into()), 10, false), 2);
+    assert_eq!(resolve(&IntOrString::Int(2), 10, false), 2);
+}
+
+fn arb_state() -> impl Strategy<Value = PodState> {
+    let t = Timestamp::from_second(1_700_000_000).unwrap();
+    prop_oneof![
+        Just(PodState::Pending),
+        Just(PodState::Starting),
+        Just(PodState::Ready { since: t }),
+        Just(PodState::NotReady { since: t }),
+        Just(PodState::Terminating),
+        Just(PodState::Failed {
+            reason: "Error".into(),
+            message: "exit 1".into()
+        }),
+        Just(PodState::CrashLooping {
+            reason: "CrashLoopBackOff".into(),
+            message: "restarting".into(),
+            restarts: 3
+        }),
+    ]
+}
+
+prop_compose! {
+    fn arb_case()(
+        replicas in 0..7i32,
+        storage in any::<bool>(),
+        delete_on_scale in any::<bool>(),
+        ordered in any::<bool>(),
+        pods in proptest::collection::vec((0..9i32, any::<bool>(), arb_state()), 0..14),
+        claims in proptest::collection::vec(0..9i32, 0..10),
+        strays in proptest::collection::vec("[a-z]{4}", 0..2),
+    ) -> (ResilientService, Assessment) {
+        let mut svc = service(replicas, storage);
+        if delete_on_scale {
+            svc.spec.persistent_volume_claim_retention_policy.when_scaled = ClaimRetention::Delete;
+        }
+        if ordered {
+            svc.spec.pod_management_policy = PodManagementPolicy::OrderedReady;
+        }
+        let rev = revision_name(&svc);
+        let mut seen = converged(&svc);
+        seen.pods.clear();
+        for (slot, updated, state) in pods {
+            let revision = if updated { rev.clone() } else { OLD_REVISION.to_string() };
+            let name = pod_name(&svc, slot, &revision);
+            if seen.pods.iter().all(|p| p.name != name) {
+                seen.pods.push(PodView { name, slot, revision, node: None, state });
+            }
+        }
+        seen.claims = if storage {
+            claims.into_iter().collect::<BTreeSet<_>>().into_iter().map(|s| claim("web", s, "data")).collect()
+        } else {
+            vec![]
+        };
+        seen.strays = strays;
+        (svc, seen)
+    }
+}
+
+proptest! {
+    #[test]
+    fn never_creates_a_pod_in_a_slot_that_has_one_nor_beyond_replicas((svc, seen) in arb_case()) {
+        let before = pods_per_slot(&seen);
+        for action in plan(&svc, &seen).actions {
+            if let Action::CreatePod { ordinal, .. } = action {
+                prop_assert!(ordinal < svc.spec.replicas);
+                prop_assert!(!before.contains_key(&ordinal), "slot {} already has a pod", ordinal);
+            }
+        }
+    }
+
+    #[test]
+    fn never_more_live_pods_than_replicas_unless_they_were_there((svc, seen) in arb_case()) {
+        let live = |s: &Assessment| s.pods.iter().filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. })).count();
+        let after = apply(&svc, &seen, &plan(&svc, &seen).actions);
+        prop_assert!(live(&after) <= (svc.spec.replicas as usize).max(live(&seen)));
+        // Two pods never share a slot unless they already did.
+        let (b, a) = (pods_per_slot(&seen), pods_per_slot(&after));
+        for (slot, n) in a {
+            prop_assert!(n <= b.get(&slot).copied().unwrap_or(0).max(1));
+        }
+    }
+
+    #[test]
+    fn no_claim_is_deleted_unless_the_policy_says_so((svc, seen) in arb_case()) {
+        let policy = svc.spec.persistent_volume_claim_retention_policy.when_scaled;
+        for action in plan(&svc, &seen).actions {
+            if let Action::DeleteClaim { name } = action {
+                prop_assert_eq!(policy, ClaimRetention::Delete);
+                let c = seen.claims.iter().find(|c| c.name == name).unwrap();
+                prop_assert!(c.slot >= svc.spec.replicas);
+                prop_assert!(!seen.pods.iter().any(|p| p.slot == c.slot), "claim of a slot with a pod");
+            }
+        }
+    }
+
+    #[test]
+    fn a_plan_applied_twice_equals_it_applied_once((svc, seen) in arb_case()) {
+        let actions = plan(&svc, &seen).actions;
+        let once = apply(&svc, &seen, &actions);
+        let twice = apply(&svc, &once, &actions);
+        prop_assert_eq!(&once, &twice);
+        // And planning again does not repeat what is already done.
+        let again = plan(&svc, &once).actions;
+        for a in &again {
+            let repeat = matches!(a, Action::CreatePod { .. } | Action::CreateClaim { .. } | Action::DeletePod { .. } | Action::DeleteClaim { .. } | Action::CreateRevision { .. })
+                && actions.contains(a);
+            prop_assert!(!repeat, "repeated {:?}", a);
+        }
+    }
+
+    #[test]
+    fn status_counts_are_consistent((svc, seen) in arb_case()) {
+        let s = plan(&svc, &seen).status;
+        prop_assert!(s.available_replicas <= s.ready_replicas);
+        prop_assert!(s.ready_replicas <= s.replicas);
+        prop_assert!(s.updated_replicas <= s.replicas);
+        prop_assert_eq!(s.replica_statuses.len(), svc.spec.replicas as usize);
+    }
+}
