@@ -182,7 +182,9 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
         return Ok(Requeue::await_change());
     }
     let observed = observe(&svc, &ctx.caches);
-    let seen = health::assess(&svc, &observed, jiff::Timestamp::now());
+    // Whole seconds, as the API server stores times: a status computed twice then compares equal.
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default();
+    let seen = health::assess(&svc, &observed, now);
     let plan = plan::plan(&svc, &seen);
     if !plan.actions.is_empty() {
         tracing::info!(actions = ?plan.actions, "acting");

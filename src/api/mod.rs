@@ -5,6 +5,8 @@
 
 mod spec;
 mod status;
+#[cfg(test)]
+mod tests;
 
 pub use spec::*;
 pub use status::*;

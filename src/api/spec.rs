@@ -35,6 +35,9 @@ fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 /// A service whose replicas Perennial keeps alive, spread over failure domains, upgraded
 /// without downtime and repaired when pods, nodes or volumes fail.
+// Each `printcolumn(..)` repeats `type_ = "integer"`; clippy reads that as a duplicated
+// attribute although every column is its own.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "perennial.dev",

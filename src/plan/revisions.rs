@@ -20,7 +20,7 @@ pub(super) fn plan(
         .iter()
         .filter(|r| r.name != update_revision && !seen.pods.iter().any(|p| p.revision == r.name))
         .collect();
-    old.sort_by(|a, b| b.number.cmp(&a.number));
+    old.sort_by_key(|r| std::cmp::Reverse(r.number));
     let keep = usize::try_from(svc.spec.revision_history_limit).unwrap_or(0);
     actions.extend(old.into_iter().skip(keep).map(|r| Action::DeleteRevision {
         name: r.name.clone(),

@@ -82,7 +82,7 @@ pub(super) fn plan(
         .iter()
         .filter(|p| p.slot >= replicas && p.state != PodState::Terminating)
         .collect();
-    excess.sort_by(|a, b| b.slot.cmp(&a.slot));
+    excess.sort_by_key(|p| std::cmp::Reverse(p.slot));
     let terminating_excess = seen
         .pods
         .iter()
@@ -113,7 +113,9 @@ pub(super) fn plan(
         .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
         .filter(|p| !deleting.contains(&p.name.as_str()))
         .count();
-    let room = usize::try_from(replicas).unwrap_or(0).saturating_sub(staying);
+    let room = usize::try_from(replicas)
+        .unwrap_or(0)
+        .saturating_sub(staying);
     let creates: Vec<Action> = wanted_creates
         .into_iter()
         .take(room.min(MAX_CREATES_PER_PASS))

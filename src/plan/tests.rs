@@ -153,7 +153,12 @@ fn converged_service_needs_no_action_and_reports_available() {
         assert_eq!(p.actions, vec![], "storage={storage}");
         assert_eq!(p.status.available_replicas, 3);
         assert_eq!(p.status.domains.len(), 3);
-        let available = p.status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+        let available = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Available")
+            .unwrap();
         assert_eq!(available.status, "True");
     }
 }
@@ -195,7 +200,11 @@ fn deleted_pod_is_recreated_in_the_same_slot_once_it_is_gone() {
     let svc = service(3, true);
     let mut seen = converged(&svc);
     seen.pods[1].state = PodState::Terminating;
-    assert_eq!(plan(&svc, &seen).actions, vec![], "must wait for the old pod to go");
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![],
+        "must wait for the old pod to go"
+    );
     seen.pods.remove(1);
     assert_eq!(
         plan(&svc, &seen).actions,
@@ -228,7 +237,9 @@ fn scale_down_removes_highest_ordinals_and_keeps_claims_by_default() {
             pod_name(&svc, 2, &rev)
         ]
     );
-    assert!(!actions.iter().any(|a| matches!(a, Action::DeleteClaim { .. })));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::DeleteClaim { .. })));
 }
 
 #[test]
@@ -236,9 +247,13 @@ fn scale_down_with_delete_policy_deletes_claims_only_after_their_pods_are_gone()
     let mut svc = service(3, true);
     let mut seen = converged(&svc);
     svc.spec.replicas = 2;
-    svc.spec.persistent_volume_claim_retention_policy.when_scaled = ClaimRetention::Delete;
+    svc.spec
+        .persistent_volume_claim_retention_policy
+        .when_scaled = ClaimRetention::Delete;
     let first = plan(&svc, &seen).actions;
-    assert!(!first.iter().any(|a| matches!(a, Action::DeleteClaim { .. })));
+    assert!(!first
+        .iter()
+        .any(|a| matches!(a, Action::DeleteClaim { .. })));
     seen.pods.retain(|p| p.slot < 2);
     assert_eq!(
         plan(&svc, &seen).actions,
@@ -265,7 +280,11 @@ fn ordered_ready_starts_slots_one_after_another() {
     let mut starting = ready_pod(&svc, 0, &rev);
     starting.state = PodState::Starting;
     seen.pods.push(starting);
-    assert_eq!(creates(&plan(&svc, &seen).actions), 0, "slot 0 is not Ready yet");
+    assert_eq!(
+        creates(&plan(&svc, &seen).actions),
+        0,
+        "slot 0 is not Ready yet"
+    );
     seen.pods[0] = ready_pod(&svc, 0, &rev);
     assert_eq!(creates(&plan(&svc, &seen).actions), 1);
 }
@@ -279,7 +298,9 @@ fn failed_pod_is_deleted_and_the_slot_reported_failing() {
         message: "the node was low on memory".into(),
     };
     let p = plan(&svc, &seen);
-    assert!(matches!(&p.actions[..], [Action::DeletePod { name, .. }] if name == &seen.pods[2].name));
+    assert!(
+        matches!(&p.actions[..], [Action::DeletePod { name, .. }] if name == &seen.pods[2].name)
+    );
     assert_eq!(p.status.available_replicas, 2);
 }
 
@@ -293,7 +314,11 @@ fn crash_looping_replica_marks_the_service_degraded_with_its_reason() {
         restarts: 4,
     };
     let status = plan(&svc, &seen).status;
-    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
     assert_eq!(degraded.status, "True");
     assert_eq!(degraded.reason, "OOMKilled");
     assert_eq!(status.reason.as_deref(), Some("OOMKilled"));
@@ -311,12 +336,19 @@ fn condition_transition_time_moves_only_when_status_moves() {
     let mut later = seen.clone();
     later.now = Timestamp::from_second(1_800_000_100).unwrap();
     let second = plan(&svc2, &later).status;
-    assert_eq!(first, second, "an unchanged service must not change its status");
+    assert_eq!(
+        first, second,
+        "an unchanged service must not change its status"
+    );
 
     later.pods[0].state = PodState::Starting;
     later.pods[1].state = PodState::Starting;
     let third = plan(&svc2, &later).status;
-    let available = third.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+    let available = third
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Available")
+        .unwrap();
     assert_eq!(available.status, "False");
     assert_eq!(available.last_transition_time.0, later.now);
 }
@@ -345,7 +377,10 @@ fn revision_history_is_trimmed_to_the_limit_but_never_below_what_pods_use() {
         })
         .collect();
     // web-old5 is the newest kept; web-old2 is in use.
-    assert_eq!(deleted, ["web-old3".to_string(), "web-old4".to_string()].into());
+    assert_eq!(
+        deleted,
+        ["web-old3".to_string(), "web-old4".to_string()].into()
+    );
 }
 
 #[test]

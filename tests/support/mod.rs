@@ -284,3 +284,66 @@ pub fn unique_suffix() -> String {
     let n = nanos ^ std::process::id().rotate_left(16) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{:06x}", n & 0xff_ffff)
 }
+
+/// The kubeconfig of the operator's own identity (user perennial-operator).
+pub fn operator_kubeconfig() -> PathBuf {
+    cluster_dir().join("operator.kubeconfig")
+}
+
+/// An operator process watching one namespace, stopped when the guard drops. Its log is
+/// kept in target/operator-logs/ for a failing test to be read.
+pub struct Operator {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Self {
+        let dir = repo_root().join("target/operator-logs");
+        std::fs::create_dir_all(&dir).expect("create the operator log directory");
+        let log = dir.join(format!("{namespace}.log"));
+        let out = std::fs::File::create(&log).expect("create the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_perennial"))
+            .args(["run", "--namespaces", namespace])
+            .arg("--kubeconfig")
+            .arg(operator_kubeconfig())
+            .env(
+                "RUST_LOG",
+                std::env::var("PERENNIAL_TEST_LOG")
+                    .unwrap_or_else(|_| "info,perennial=debug".into()),
+            )
+            .stdout(out.try_clone().expect("clone the log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("start the operator");
+        Self { child, log }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes (create, update, patch, delete) the operator's identity made in `namespace`,
+/// from the API server's audit log: counted by the server, not by the operator.
+pub fn operator_writes(namespace: &str) -> Vec<String> {
+    let path = cluster_dir().join("logs/audit.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["user"]["username"] == "perennial-operator")
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["verb"].as_str().unwrap_or_default(),
+                e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                e["objectRef"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
