@@ -190,7 +190,12 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
         tracing::info!(actions = ?plan.actions, "acting");
     }
     drop(_enter);
-    act::execute(&ctx.client, &ctx.recorder, &svc, &plan).await?;
+    let templates: act::Templates = observed
+        .revisions
+        .iter()
+        .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
+        .collect();
+    act::execute(&ctx.client, &ctx.recorder, &svc, &templates, &plan).await?;
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(svc.as_ref()));
     }

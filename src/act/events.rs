@@ -32,6 +32,15 @@ pub fn event_for(action: &Action) -> Option<Event> {
             format!("recorded the template as revision {number}"),
             "Create",
         ),
+        Action::MarkRevisionBad { name, reason } => {
+            return Some(Event {
+                type_: EventType::Warning,
+                reason: "RolledBack".to_string(),
+                note: Some(format!("revision {name} failed and is rolled back: {reason}")),
+                action: "Rollback".to_string(),
+                secondary: None,
+            })
+        }
         Action::ApplyService | Action::ApplyDisruptionBudget | Action::DeleteRevision { .. } => {
             return None
         }

@@ -15,9 +15,13 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{ResilientService, FIELD_MANAGER};
+use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, FIELD_MANAGER};
 use crate::build;
 use crate::plan::{Action, Plan};
+
+/// Pod templates of recorded revisions, by revision name.
+pub type Templates =
+    std::collections::BTreeMap<String, k8s_openapi::api::core::v1::PodTemplateSpec>;
 
 /// Requests in flight at once for one service: parallel, but a bounded burst.
 const CONCURRENCY: usize = 16;
@@ -36,6 +40,7 @@ pub async fn execute(
     client: &Client,
     recorder: &Recorder,
     svc: &ResilientService,
+    templates: &Templates,
     plan: &Plan,
 ) -> Result<(), Error> {
     let ns = svc.namespace().unwrap_or_default();
@@ -45,7 +50,7 @@ pub async fn execute(
         let actions = plan.actions.iter().filter(|a| phase_of(a) == phase).map(Ok);
         stream::iter(actions)
             .try_for_each_concurrent(CONCURRENCY, |action| async move {
-                perform(client, ns, svc, action).await?;
+                perform(client, ns, svc, templates, action).await?;
                 if let Some(event) = event_for(action) {
                     // An Event that cannot be written must not fail the reconcile.
                     if let Err(e) = recorder.publish(&event, &svc.object_ref(&())).await {
@@ -70,7 +75,10 @@ fn phase_of(action: &Action) -> u8 {
         | Action::ApplyDisruptionBudget
         | Action::CreateClaim { .. } => 0,
         Action::CreatePod { .. } => 1,
-        Action::DeletePod { .. } | Action::DeleteClaim { .. } | Action::DeleteRevision { .. } => 2,
+        Action::DeletePod { .. }
+        | Action::DeleteClaim { .. }
+        | Action::DeleteRevision { .. }
+        | Action::MarkRevisionBad { .. } => 2,
     }
 }
 
@@ -78,6 +86,7 @@ async fn perform(
     client: &Client,
     ns: &str,
     svc: &ResilientService,
+    templates: &Templates,
     action: &Action,
 ) -> Result<(), Error> {
     match action {
@@ -118,9 +127,20 @@ async fn perform(
             .await
         }
         Action::CreatePod { ordinal, revision } => {
+            let template = if *revision == build::revision_name(svc) {
+                Some(&svc.spec.template)
+            } else {
+                templates.get(revision)
+            };
+            let Some(template) = template else {
+                // The revision was deleted by hand: nothing to build the pod from. The next
+                // pass plans again from what exists.
+                tracing::warn!(%revision, "no ControllerRevision to build a pod from");
+                return Ok(());
+            };
             create(
                 Api::<Pod>::namespaced(client.clone(), ns),
-                &build::desired_pod(svc, *ordinal, revision),
+                &build::desired_pod(svc, *ordinal, revision, template),
             )
             .await
         }
@@ -140,6 +160,19 @@ async fn perform(
                 name,
             )
             .await
+        }
+        Action::MarkRevisionBad { name, reason } => {
+            let api = Api::<ControllerRevision>::namespaced(client.clone(), ns);
+            let reason: String = reason.chars().take(512).collect();
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {ANNOTATION_BAD_REVISION: reason}}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(|source| Error {
+                    what: format!("mark revision {name} failed"),
+                    source,
+                })
         }
     }
 }

@@ -24,6 +24,15 @@ pub const LABEL_REVISION: &str = "perennial.dev/revision";
 /// Every label key the operator reserves for itself.
 pub const RESERVED_LABELS: [&str; 3] = [LABEL_SERVICE, LABEL_SLOT, LABEL_REVISION];
 
+/// Annotation that promotes a canary rollout waiting at `pause: {}`: set it to a new value
+/// (a timestamp) for each promotion.
+pub const ANNOTATION_PROMOTE: &str = "perennial.dev/promote";
+/// Annotation that aborts the rollout in progress ("true", or the revision's name): the
+/// service returns to its last stable revision, and the aborted one is marked bad.
+pub const ANNOTATION_ABORT: &str = "perennial.dev/abort";
+/// Annotation on a ControllerRevision marking it failed, with the reason.
+pub const ANNOTATION_BAD_REVISION: &str = "perennial.dev/failed";
+
 /// The field manager the operator uses for every server-side apply.
 pub const FIELD_MANAGER: &str = "perennial";
 

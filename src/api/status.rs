@@ -56,6 +56,9 @@ pub struct ResilientServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The rollout in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// The failure ledger: one entry per replica slot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ordinal"]))]
@@ -99,4 +102,31 @@ pub struct Failure {
     pub message: String,
     /// When it was seen.
     pub at: Time,
+}
+
+/// Where a rollout stands.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision being rolled out.
+    pub revision: String,
+    /// When it began.
+    pub started_at: Time,
+    /// When it last made progress (a new pod, or a new pod available).
+    pub last_progress_at: Time,
+    /// New pods / new pods available, at the last progress.
+    #[serde(default)]
+    pub progress: String,
+    /// The canary step in progress (0-based), for canary rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_step: Option<i32>,
+    /// When the current pause step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_since: Option<Time>,
+    /// The last value of the promote annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<String>,
+    /// What the rollout waits for, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }

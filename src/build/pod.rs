@@ -1,5 +1,6 @@
 //! Replica pods: the user's template plus identity, ownership, spread and storage.
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{
     Affinity, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec,
     TopologySpreadConstraint, Volume,
@@ -28,9 +29,13 @@ pub fn pod_name(svc: &ResilientService, ordinal: i32, revision: &str) -> String 
     format!("{}-{hash}", pod_hostname(svc, ordinal))
 }
 
-/// The pod of slot `ordinal` at `revision`, built from the service's current template.
-pub fn desired_pod(svc: &ResilientService, ordinal: i32, revision: &str) -> Pod {
-    let template = &svc.spec.template;
+/// The pod of slot `ordinal` at `revision`, built from that revision's `template`.
+pub fn desired_pod(
+    svc: &ResilientService,
+    ordinal: i32,
+    revision: &str,
+    template: &PodTemplateSpec,
+) -> Pod {
     let template_meta = template.metadata.clone().unwrap_or_default();
     let mut labels = template_meta.labels.unwrap_or_default();
     labels.extend(selector_labels(svc));

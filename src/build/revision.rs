@@ -42,3 +42,9 @@ pub fn desired_revision(svc: &ResilientService, number: i64) -> ControllerRevisi
         revision: number,
     }
 }
+
+/// The pod template a ControllerRevision recorded; None when its data is not ours.
+pub fn recorded_template(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
+    let data = revision.data.as_ref()?;
+    serde_json::from_value(data.0.get("spec")?.get("template")?.clone()).ok()
+}

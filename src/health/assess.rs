@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::{judge_pod, PodState};
-use crate::api::{ResilientService, LABEL_REVISION, LABEL_SLOT};
+use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, LABEL_REVISION, LABEL_SLOT};
 use crate::build;
 use crate::observe::Observed;
 
@@ -35,6 +35,8 @@ pub struct ClaimView {
 pub struct RevisionView {
     pub name: String,
     pub number: i64,
+    /// Marked failed by an earlier rollback; not rolled out again.
+    pub bad: bool,
 }
 
 /// Whether the named headless Service exists, and whose it is.
@@ -110,6 +112,7 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         .map(|r| RevisionView {
             name: r.name_any(),
             number: r.revision,
+            bad: r.annotations().contains_key(ANNOTATION_BAD_REVISION),
         })
         .collect();
 

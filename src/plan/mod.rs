@@ -2,6 +2,7 @@
 
 mod conditions;
 mod revisions;
+mod rollout;
 mod slots;
 mod status;
 
@@ -40,6 +41,8 @@ pub enum Action {
     DeleteClaim { name: String },
     /// Delete a revision beyond revisionHistoryLimit.
     DeleteRevision { name: String },
+    /// Mark a revision failed, so that it is not rolled out again.
+    MarkRevisionBad { name: String, reason: String },
 }
 
 /// What to do, and what to report.
@@ -64,8 +67,12 @@ pub fn plan(svc: &ResilientService, seen: &Assessment) -> Plan {
     if seen.budget_up_to_date != Some(true) {
         actions.push(Action::ApplyDisruptionBudget);
     }
-    actions.extend(slots::plan(svc, seen, &update_revision));
-    let (status, requeue_after) = status::compute(svc, seen, &update_revision);
+    let decision = rollout::decide(svc, seen, &update_revision);
+    actions.extend(decision.actions.iter().cloned());
+    let moves = rollout::moves(svc, seen, &decision.targets);
+    actions.extend(slots::plan(svc, seen, &decision.targets, &moves));
+    actions.extend(moves);
+    let (status, requeue_after) = status::compute(svc, seen, &update_revision, &decision);
     Plan {
         actions,
         status,

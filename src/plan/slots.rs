@@ -3,14 +3,18 @@
 
 use std::collections::BTreeMap;
 
+use super::rollout::Targets;
 use super::{Action, MAX_CREATES_PER_PASS};
-use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService};
+use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService, UpdateStrategy};
 use crate::health::{Assessment, PodState, PodView};
 
+/// Slot actions; `moves` are the rollout's actions of this pass, which count against the
+/// room for new pods.
 pub(super) fn plan(
     svc: &ResilientService,
     seen: &Assessment,
-    update_revision: &str,
+    targets: &Targets,
+    moves: &[Action],
 ) -> Vec<Action> {
     let replicas = svc.spec.replicas.max(0);
     let ordered = svc.spec.pod_management_policy == PodManagementPolicy::OrderedReady;
@@ -52,20 +56,6 @@ pub(super) fn plan(
                 });
             }
         }
-        let live: Vec<&&PodView> = pods
-            .iter()
-            .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
-            .collect();
-        // Two live pods in one slot (a surge, or a race) leave only the best one behind.
-        if live.len() > 1 {
-            let keep = best_pod(&live, update_revision);
-            for pod in live.iter().filter(|p| p.name != keep) {
-                actions.push(Action::DeletePod {
-                    name: pod.name.clone(),
-                    reason: format!("slot {ordinal} has more than one pod"),
-                });
-            }
-        }
         // A slot gets a new pod only once no pod of it exists at all, terminating ones
         // included: two pods must never share a slot's storage or identity.
         if pods.is_empty() {
@@ -102,6 +92,7 @@ pub(super) fn plan(
     // Never more live pods than replicas: pods still leaving hold their place until gone.
     let deleting: Vec<&str> = actions
         .iter()
+        .chain(moves)
         .filter_map(|a| match a {
             Action::DeletePod { name, .. } => Some(name.as_str()),
             _ => None,
@@ -113,15 +104,29 @@ pub(super) fn plan(
         .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
         .filter(|p| !deleting.contains(&p.name.as_str()))
         .count();
-    let room = usize::try_from(replicas)
-        .unwrap_or(0)
-        .saturating_sub(staying);
+    let surging = moves
+        .iter()
+        .filter(|a| matches!(a, Action::CreatePod { .. }))
+        .count();
+    // Recreate: no pod of the new revision while an old one still exists.
+    let recreating = svc.spec.update.strategy == UpdateStrategy::Recreate
+        && seen
+            .pods
+            .iter()
+            .any(|p| p.revision != targets.revision_for(p.slot));
+    let room = if recreating {
+        0
+    } else {
+        usize::try_from(replicas)
+            .unwrap_or(0)
+            .saturating_sub(staying + surging)
+    };
     let creates: Vec<Action> = wanted_creates
         .into_iter()
         .take(room.min(MAX_CREATES_PER_PASS))
         .map(|ordinal| Action::CreatePod {
             ordinal,
-            revision: update_revision.to_string(),
+            revision: targets.revision_for(ordinal).to_string(),
         })
         .collect();
     actions.extend(creates);
@@ -151,19 +156,4 @@ fn predecessors_ready(by_slot: &BTreeMap<i32, Vec<&PodView>>, ordinal: i32) -> b
             .get(&o)
             .is_some_and(|pods| pods.iter().any(|p| p.state.is_ready()))
     })
-}
-
-/// The pod to keep among several live ones of a slot: Ready first, then on the update
-/// revision, then by name for a stable choice.
-fn best_pod(pods: &[&&PodView], update_revision: &str) -> String {
-    pods.iter()
-        .max_by_key(|p| {
-            (
-                p.state.is_ready(),
-                p.revision == update_revision,
-                std::cmp::Reverse(p.name.clone()),
-            )
-        })
-        .map(|p| p.name.clone())
-        .unwrap_or_default()
 }

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{merge_conditions, Decided};
 use super::resolve;
+use super::rollout::Decision;
 use crate::api::{condition, Failure, ReplicaStatus, ResilientService, ResilientServiceStatus};
 use crate::build;
 use crate::health::{Assessment, PodState, PodView};
@@ -16,6 +17,7 @@ pub(super) fn compute(
     svc: &ResilientService,
     seen: &Assessment,
     update_revision: &str,
+    rollout: &Decision,
 ) -> (ResilientServiceStatus, Option<Duration>) {
     let previous = svc.status.clone().unwrap_or_default();
     let desired = svc.spec.replicas.max(0);
@@ -61,7 +63,16 @@ pub(super) fn compute(
         .iter()
         .filter(|p| p.revision == update_revision)
         .count() as i32;
-    let current_revision = current_revision(&previous, &live, update_revision);
+    let current_revision = if live.iter().all(|p| p.revision == update_revision)
+        && rollout.targets.target == update_revision
+    {
+        update_revision.to_string()
+    } else {
+        rollout.targets.hold.clone()
+    };
+    if let Some(r) = rollout.requeue {
+        requeue = Some(requeue.map_or(r, |q| q.min(r)));
+    }
 
     let max_unavailable = resolve(&svc.spec.update.max_unavailable, desired, false);
     let min_available = (desired - max_unavailable).max(0);
@@ -109,11 +120,18 @@ pub(super) fn compute(
         },
     });
     decided.push(degraded(svc, &failures, &domains, desired));
+    // The rollout's own verdicts (deadline exceeded, rolled back) override the counts.
+    for d in &rollout.conditions {
+        decided.retain(|x| x.type_ != d.type_);
+        decided.push(d.clone());
+    }
 
-    let reason = decided
-        .iter()
-        .find(|d| d.type_ == condition::DEGRADED && d.status)
-        .map(|d| d.reason.clone());
+    let reason = rollout.reason.clone().or_else(|| {
+        decided
+            .iter()
+            .find(|d| d.type_ == condition::DEGRADED && d.status)
+            .map(|d| d.reason.clone())
+    });
     let conditions = merge_conditions(
         &previous.conditions,
         decided,
@@ -133,34 +151,10 @@ pub(super) fn compute(
         domains,
         reason,
         conditions,
+        rollout: rollout.status.clone(),
         replica_statuses: ledger(&previous, seen, desired),
     };
     (status, requeue)
-}
-
-/// The revision pods ran before the rollout: the update revision once every pod is on it.
-fn current_revision(
-    previous: &ResilientServiceStatus,
-    live: &[&PodView],
-    update_revision: &str,
-) -> String {
-    if live.iter().all(|p| p.revision == update_revision) {
-        return update_revision.to_string();
-    }
-    if let Some(prev) = &previous.current_revision {
-        if live.iter().any(|p| &p.revision == prev) {
-            return prev.clone();
-        }
-    }
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in live.iter().filter(|p| p.revision != update_revision) {
-        *counts.entry(p.revision.as_str()).or_default() += 1;
-    }
-    counts
-        .into_iter()
-        .max_by_key(|(name, n)| (*n, std::cmp::Reverse(*name)))
-        .map(|(name, _)| name.to_string())
-        .unwrap_or_else(|| update_revision.to_string())
 }
 
 fn degraded(

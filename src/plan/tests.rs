@@ -67,6 +67,7 @@ fn converged(svc: &ResilientService) -> Assessment {
         revisions: vec![RevisionView {
             name: rev,
             number: 1,
+            bad: false,
         }],
         service: ServiceState::Ours { up_to_date: true },
         budget_up_to_date: Some(true),
@@ -97,6 +98,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                     next.revisions.push(RevisionView {
                         name,
                         number: *number,
+                        bad: false,
                     });
                 }
             }
@@ -132,6 +134,11 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                 }
             }
             Action::DeleteRevision { name } => next.revisions.retain(|r| &r.name != name),
+            Action::MarkRevisionBad { name, .. } => {
+                for r in next.revisions.iter_mut().filter(|r| &r.name == name) {
+                    r.bad = true;
+                }
+            }
         }
     }
     next
@@ -362,6 +369,7 @@ fn revision_history_is_trimmed_to_the_limit_but_never_below_what_pods_use() {
         seen.revisions.push(RevisionView {
             name: format!("web-old{n}"),
             number: n,
+            bad: false,
         });
     }
     seen.pods.push(PodView {
@@ -449,26 +457,50 @@ prop_compose! {
 
 proptest! {
     #[test]
-    fn never_creates_a_pod_in_a_slot_that_has_one_nor_beyond_replicas((svc, seen) in arb_case()) {
+    fn never_a_second_pod_in_a_stateful_slot_nor_a_pod_beyond_replicas((svc, seen) in arb_case()) {
         let before = pods_per_slot(&seen);
+        let stateful = !svc.spec.volume_claim_templates.is_empty();
         for action in plan(&svc, &seen).actions {
             if let Action::CreatePod { ordinal, .. } = action {
                 prop_assert!(ordinal < svc.spec.replicas);
-                prop_assert!(!before.contains_key(&ordinal), "slot {} already has a pod", ordinal);
+                if stateful {
+                    prop_assert!(!before.contains_key(&ordinal), "stateful slot {} already has a pod", ordinal);
+                }
             }
         }
     }
 
     #[test]
-    fn never_more_live_pods_than_replicas_unless_they_were_there((svc, seen) in arb_case()) {
-        let live = |s: &Assessment| s.pods.iter().filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. })).count();
+    fn never_more_pods_than_replicas_plus_surge_unless_they_were_there((svc, seen) in arb_case()) {
+        let alive = |s: &Assessment| {
+            s.pods
+                .iter()
+                .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
+                .count()
+        };
         let after = apply(&svc, &seen, &plan(&svc, &seen).actions);
-        prop_assert!(live(&after) <= (svc.spec.replicas as usize).max(live(&seen)));
-        // Two pods never share a slot unless they already did.
+        let surge = resolve(&svc.spec.update.max_surge, svc.spec.replicas, true) as usize;
+        prop_assert!(alive(&after) <= (svc.spec.replicas as usize + surge).max(alive(&seen)));
+        // A slot holds at most an old and a new pod during a surge; no more than it had.
         let (b, a) = (pods_per_slot(&seen), pods_per_slot(&after));
         for (slot, n) in a {
-            prop_assert!(n <= b.get(&slot).copied().unwrap_or(0).max(1));
+            prop_assert!(n <= b.get(&slot).copied().unwrap_or(0).max(2));
         }
+    }
+
+    #[test]
+    fn deletions_never_take_availability_below_the_floor((svc, seen) in arb_case()) {
+        let replicas = svc.spec.replicas;
+        let unavailable = resolve(&svc.spec.update.max_unavailable, replicas, false).max(1);
+        let floor = (replicas - unavailable) as usize;
+        let available_slots = |s: &Assessment| {
+            (0..replicas)
+                .filter(|slot| s.pods.iter().any(|p| p.slot == *slot && p.state.is_ready()))
+                .count()
+        };
+        let before = available_slots(&seen);
+        let after = available_slots(&apply(&svc, &seen, &plan(&svc, &seen).actions));
+        prop_assert!(after >= floor.min(before), "available slots {} -> {} (floor {})", before, after, floor);
     }
 
     #[test]
