@@ -293,7 +293,7 @@ fn canary_step(
                 break;
             }
         } else if let Some(pause) = &s.pause {
-            let since = status.paused_since.get_or_insert_with(|| Time(now)).0;
+            let since = status.paused_since.get_or_insert(Time(now)).0;
             match pause.seconds {
                 Some(secs) => {
                     let left = i64::from(secs) - (now.as_second() - since.as_second());
@@ -440,7 +440,7 @@ pub(super) fn moves(svc: &ResilientService, seen: &Assessment, targets: &Targets
                 revision: target.to_string(),
             });
             alive += 1;
-        } else if available - 1 >= floor {
+        } else if available > floor {
             actions.push(Action::DeletePod {
                 name: old.name.clone(),
                 reason: format!("rolling to revision {target}"),
