@@ -1,6 +1,7 @@
 //! kube-runtime wiring: shared caches, triggers, the reconcile pass and its error policy.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use crate::{act, health, plan};
 
 /// How often a healthy service is looked at even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a pass that found the caches still filling is tried again.
+const CACHE_SYNC_RETRY: Duration = Duration::from_millis(250);
 /// The error policy's backoff: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -48,6 +51,9 @@ pub struct Context {
     caches: Caches,
     recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<ResilientService>, u32>>,
+    /// Set once every cache has its first full list. A flag, not a second waiter on the
+    /// stores: a store's readiness wakes only one waiting task.
+    synced: AtomicBool,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -124,6 +130,7 @@ pub async fn run(client: Client, options: Options) {
         client: client.clone(),
         caches: caches.clone(),
         failures: Mutex::default(),
+        synced: AtomicBool::new(false),
     });
 
     // A node event reconciles every service with a pod on that node.
@@ -157,8 +164,10 @@ pub async fn run(client: Client, options: Options) {
     .watches_stream(node_events, node_to_services)
     .shutdown_on_signal();
 
+    let synced = context.clone();
     let ready = async move {
         caches.ready().await;
+        synced.synced.store(true, Ordering::Release);
         tracing::info!("caches synced");
     };
     let run = controller
@@ -174,7 +183,9 @@ pub async fn run(client: Client, options: Options) {
 
 async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     // Plan nothing from half-filled caches: an empty pod cache would look like lost pods.
-    ctx.caches.ready().await;
+    if !ctx.synced.load(Ordering::Acquire) {
+        return Ok(Requeue::requeue(CACHE_SYNC_RETRY));
+    }
     let span = tracing::info_span!("reconcile", namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any());
     let _enter = span.enter();
     if svc.metadata.deletion_timestamp.is_some() {
