@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
@@ -112,6 +113,14 @@ pub async fn run(client: Client, options: Options) {
     let (services, service_events) =
         cached(api::<Service>(&client, ns), watcher::Config::default());
     let (nodes, node_events) = cached(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let (leases, lease_events) = cached(
+        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+        watcher::Config::default(),
+    );
+    let (volumes, volume_events) = cached(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    );
 
     let caches = Caches {
         pods: pods.clone(),
@@ -119,7 +128,9 @@ pub async fn run(client: Client, options: Options) {
         revisions,
         services,
         budgets,
-        nodes,
+        nodes: nodes.clone(),
+        leases: leases.clone(),
+        volumes,
     };
     let reporter = Reporter {
         controller: "perennial".into(),
@@ -147,6 +158,7 @@ pub async fn run(client: Client, options: Options) {
             .collect::<Vec<_>>()
     };
 
+    let silent_nodes = node_to_services.clone();
     let controller = Controller::new(
         api::<ResilientService>(&client, ns),
         watcher::Config::default(),
@@ -162,6 +174,12 @@ pub async fn run(client: Client, options: Options) {
         Some(ObjectRef::new(&s.name_any()).within(&ns))
     })
     .watches_stream(node_events, node_to_services)
+    // Renewals are not news; a node that falls silent or wakes up is (below).
+    .watches_stream(lease_events, |_: Lease| None::<ObjectRef<ResilientService>>)
+    .watches_stream(volume_events, |_: PersistentVolume| {
+        None::<ObjectRef<ResilientService>>
+    })
+    .watches_stream(heartbeat_changes(nodes, leases), silent_nodes)
     .shutdown_on_signal();
 
     let synced = context.clone();
@@ -179,6 +197,55 @@ pub async fn run(client: Client, options: Options) {
             }
         });
     futures::join!(ready, run);
+}
+
+/// How often node heartbeats are checked, and the silence after which a node is suspect
+/// (the floor of spec.repair.nodeLostAfterSeconds). A dead node sends no event; this turns
+/// its silence into one, and services then requeue at their own threshold.
+const HEARTBEAT_CHECK: Duration = Duration::from_secs(1);
+const SUSPECT_AFTER: Duration = Duration::from_secs(10);
+
+/// Emits a node each time its heartbeat goes silent or comes back.
+fn heartbeat_changes(
+    nodes: Store<Node>,
+    leases: Store<Lease>,
+) -> impl Stream<Item = Result<Node, watcher::Error>> + Send {
+    let ticks = tokio_stream_interval(HEARTBEAT_CHECK);
+    let mut silent: std::collections::HashSet<String> = Default::default();
+    ticks.flat_map(move |_| {
+        let now = jiff::Timestamp::now();
+        let mut changed = Vec::new();
+        for lease in leases.state() {
+            let name = lease.name_any();
+            let age = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| now.as_second() - t.0.as_second())
+                .unwrap_or(0);
+            let is_silent = age >= SUSPECT_AFTER.as_secs() as i64;
+            let was_silent = silent.contains(&name);
+            if is_silent != was_silent {
+                if is_silent {
+                    silent.insert(name.clone());
+                } else {
+                    silent.remove(&name);
+                }
+                if let Some(node) = nodes.get(&ObjectRef::new(&name)) {
+                    changed.push(Ok(node.as_ref().clone()));
+                }
+            }
+        }
+        futures::stream::iter(changed)
+    })
+}
+
+/// A stream that yields every `period`.
+fn tokio_stream_interval(period: Duration) -> impl Stream<Item = ()> + Send {
+    futures::stream::unfold(tokio::time::interval(period), |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    })
 }
 
 async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requeue, Error> {

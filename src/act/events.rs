@@ -32,6 +32,23 @@ pub fn event_for(action: &Action) -> Option<Event> {
             format!("recorded the template as revision {number}"),
             "Create",
         ),
+        Action::ForceDeletePod { name, reason } => {
+            return Some(warning("NodeLost", format!("replacing pod {name}: {reason}"), "Repair"))
+        }
+        Action::RebuildClaim { name, reason } => {
+            return Some(warning(
+                "VolumeRebuilt",
+                format!("claim {name} is replaced by a new, empty one and its replica starts without its data: {reason}"),
+                "Repair",
+            ))
+        }
+        Action::TaintNode { node } => {
+            return Some(warning(
+                "NodeFenced",
+                format!("tainted lost node {node} node.kubernetes.io/out-of-service, as repair.fencing: TaintOutOfService says"),
+                "Fence",
+            ))
+        }
         Action::MarkRevisionBad { name, reason } => {
             return Some(Event {
                 type_: EventType::Warning,
@@ -52,4 +69,14 @@ pub fn event_for(action: &Action) -> Option<Event> {
         action: action_word.to_string(),
         secondary: None,
     })
+}
+
+fn warning(reason: &str, note: String, action: &str) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    }
 }

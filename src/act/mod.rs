@@ -50,7 +50,7 @@ pub async fn execute(
         let actions = plan.actions.iter().filter(|a| phase_of(a) == phase).map(Ok);
         stream::iter(actions)
             .try_for_each_concurrent(CONCURRENCY, |action| async move {
-                perform(client, ns, svc, templates, action).await?;
+                perform(client, ns, svc, templates, plan, action).await?;
                 if let Some(event) = event_for(action) {
                     // An Event that cannot be written must not fail the reconcile.
                     if let Err(e) = recorder.publish(&event, &svc.object_ref(&())).await {
@@ -71,6 +71,7 @@ pub async fn execute(
 fn phase_of(action: &Action) -> u8 {
     match action {
         Action::CreateRevision { .. }
+        | Action::TaintNode { .. }
         | Action::ApplyService
         | Action::ApplyDisruptionBudget
         | Action::CreateClaim { .. } => 0,
@@ -78,7 +79,9 @@ fn phase_of(action: &Action) -> u8 {
         Action::DeletePod { .. }
         | Action::DeleteClaim { .. }
         | Action::DeleteRevision { .. }
-        | Action::MarkRevisionBad { .. } => 2,
+        | Action::MarkRevisionBad { .. }
+        | Action::ForceDeletePod { .. }
+        | Action::RebuildClaim { .. } => 2,
     }
 }
 
@@ -87,6 +90,7 @@ async fn perform(
     ns: &str,
     svc: &ResilientService,
     templates: &Templates,
+    plan: &Plan,
     action: &Action,
 ) -> Result<(), Error> {
     match action {
@@ -138,11 +142,17 @@ async fn perform(
                 tracing::warn!(%revision, "no ControllerRevision to build a pod from");
                 return Ok(());
             };
-            create(
-                Api::<Pod>::namespaced(client.clone(), ns),
-                &build::desired_pod(svc, *ordinal, revision, template),
-            )
-            .await
+            let mut pod = build::desired_pod(svc, *ordinal, revision, template);
+            let avoid = plan
+                .status
+                .replica_statuses
+                .iter()
+                .find(|r| r.ordinal == *ordinal)
+                .and_then(|r| r.avoid_node.as_deref());
+            if let Some(node) = avoid {
+                build::avoid_node(&mut pod, node);
+            }
+            create(Api::<Pod>::namespaced(client.clone(), ns), &pod).await
         }
         Action::DeletePod { name, .. } => {
             delete(Api::<Pod>::namespaced(client.clone(), ns), name).await
@@ -161,6 +171,34 @@ async fn perform(
             )
             .await
         }
+        Action::ForceDeletePod { name, .. } => {
+            let api = Api::<Pod>::namespaced(client.clone(), ns);
+            match api
+                .delete(
+                    name,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(source) => Err(Error {
+                    what: format!("force-delete pod {name}"),
+                    source,
+                }),
+            }
+        }
+        Action::RebuildClaim { name, .. } => {
+            delete(
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                name,
+            )
+            .await
+        }
+        Action::TaintNode { node } => taint_out_of_service(client, node).await,
         Action::MarkRevisionBad { name, reason } => {
             let api = Api::<ControllerRevision>::namespaced(client.clone(), ns);
             let reason: String = reason.chars().take(512).collect();
@@ -257,4 +295,33 @@ async fn write_status(
         what: format!("write the status of {}", svc.name_any()),
         source,
     })
+}
+
+/// Adds the out-of-service taint to a lost node, keeping its other taints.
+async fn taint_out_of_service(client: &Client, node: &str) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::{Node, Taint};
+    let api = Api::<Node>::all(client.clone());
+    let err = |source| Error {
+        what: format!("taint node {node} out-of-service"),
+        source,
+    };
+    let current = api.get(node).await.map_err(err)?;
+    let mut taints = current.spec.and_then(|s| s.taints).unwrap_or_default();
+    if taints
+        .iter()
+        .any(|t| t.key == crate::health::OUT_OF_SERVICE_TAINT)
+    {
+        return Ok(());
+    }
+    taints.push(Taint {
+        key: crate::health::OUT_OF_SERVICE_TAINT.to_string(),
+        value: Some("nodeshutdown".to_string()),
+        effect: "NoExecute".to_string(),
+        time_added: None,
+    });
+    let patch = serde_json::json!({"spec": {"taints": taints}});
+    api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(err)
 }

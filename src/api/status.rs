@@ -86,6 +86,19 @@ pub struct ReplicaStatus {
     /// Repairs of this slot within the supervision window.
     #[serde(default)]
     pub restarts_in_window: i32,
+    /// When those repairs happened (the sliding window of restart intensity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<Time>,
+    /// The escalation step the last repair took: Restart, Reschedule, RebuildStorage,
+    /// Quarantine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<String>,
+    /// A node the slot's next pod must avoid (after a Reschedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avoid_node: Option<String>,
+    /// What the slot's repair waits for, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// The last failure identified for this slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,

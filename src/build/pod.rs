@@ -119,3 +119,38 @@ fn spread(svc: &ResilientService, spec: &mut PodSpec) {
             });
     }
 }
+
+/// Keeps a pod off `node` (an escalation's Reschedule), with a required node affinity.
+pub fn avoid_node(pod: &mut Pod, node: &str) {
+    use k8s_openapi::api::core::v1::{
+        NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    };
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let rule = NodeSelectorRequirement {
+        key: HOSTNAME_KEY.to_string(),
+        operator: "NotIn".to_string(),
+        values: Some(vec![node.to_string()]),
+    };
+    let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+    let node_affinity = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
+    let required = node_affinity
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector {
+            node_selector_terms: vec![NodeSelectorTerm::default()],
+        });
+    if required.node_selector_terms.is_empty() {
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    // Terms are ORed: the rule must be in every one of them.
+    for term in &mut required.node_selector_terms {
+        term.match_expressions
+            .get_or_insert_with(Vec::new)
+            .push(rule.clone());
+    }
+}

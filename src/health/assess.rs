@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::{judge_pod, PodState};
+use k8s_openapi::api::core::v1::PersistentVolume;
+
+use super::{judge_node, judge_pod, NodeHealth, PodState};
 use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, LABEL_REVISION, LABEL_SLOT};
 use crate::build;
 use crate::observe::Observed;
@@ -28,6 +30,8 @@ pub struct ClaimView {
     /// The claim template it was made from.
     pub template: String,
     pub deleting: bool,
+    /// Its volume can only be used on a node that is lost: (node, fenced).
+    pub lost_with: Option<(String, bool)>,
 }
 
 /// One recorded revision.
@@ -65,10 +69,24 @@ pub struct Assessment {
     pub budget_up_to_date: Option<bool>,
     /// Failure domain of each node (value of the topology key), for status.domains.
     pub node_domains: BTreeMap<String, String>,
+    /// Nodes in the cluster, and how many of them are lost: many at once point at the
+    /// infrastructure rather than at the nodes.
+    pub nodes_total: usize,
+    pub nodes_lost: usize,
 }
 
 /// Judges everything observed for `svc` at `now`.
 pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> Assessment {
+    let lost_after = i64::from(svc.spec.repair.node_lost_after_seconds);
+    let node_health = |name: &str| {
+        judge_node(
+            name,
+            observed.nodes.get(name).map(|n| n.as_ref()),
+            observed.leases.get(name).map(|l| l.as_ref()),
+            now,
+            lost_after,
+        )
+    };
     let mut pods = Vec::new();
     let mut strays = Vec::new();
     for pod in &observed.pods {
@@ -76,13 +94,22 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         let slot = labels.get(LABEL_SLOT).and_then(|s| s.parse::<i32>().ok());
         let revision = labels.get(LABEL_REVISION).cloned();
         match (slot, revision) {
-            (Some(slot), Some(revision)) if slot >= 0 => pods.push(PodView {
-                name: pod.name_any(),
-                slot,
-                revision,
-                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                state: judge_pod(pod),
-            }),
+            (Some(slot), Some(revision)) if slot >= 0 => {
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+                let state = match node.as_deref().map(node_health) {
+                    Some(NodeHealth::Lost { message, fenced }) => {
+                        PodState::OnLostNode { message, fenced }
+                    }
+                    _ => judge_pod(pod),
+                };
+                pods.push(PodView {
+                    name: pod.name_any(),
+                    slot,
+                    revision,
+                    node,
+                    state,
+                })
+            }
             _ => strays.push(pod.name_any()),
         }
     }
@@ -97,11 +124,22 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
             // The template is the name's prefix before "-<service>-<ordinal>".
             let suffix = format!("-{}-{slot}", svc.name_any());
             let template = name.strip_suffix(&suffix)?.to_string();
+            let lost_with = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_ref())
+                .and_then(|v| observed.volumes.get(v))
+                .and_then(|pv| volume_node(pv))
+                .and_then(|n| match node_health(&n) {
+                    NodeHealth::Lost { fenced, .. } => Some((n, fenced)),
+                    NodeHealth::Healthy => None,
+                });
             Some(ClaimView {
                 name,
                 slot,
                 template,
                 deleting: c.metadata.deletion_timestamp.is_some(),
+                lost_with,
             })
         })
         .collect();
@@ -147,8 +185,16 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         .filter_map(|(name, node)| Some((name.clone(), node.labels().get(key)?.clone())))
         .collect();
 
+    let nodes_total = observed.nodes.len();
+    let nodes_lost = observed
+        .nodes
+        .keys()
+        .filter(|n| node_health(n) != NodeHealth::Healthy)
+        .count();
     Assessment {
         now,
+        nodes_total,
+        nodes_lost,
         pods,
         strays,
         claims,
@@ -157,4 +203,28 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         budget_up_to_date,
         node_domains,
     }
+}
+
+/// The one node a volume can be used on, when its node affinity pins it to a hostname (a
+/// local volume).
+fn volume_node(pv: &PersistentVolume) -> Option<String> {
+    let terms = &pv
+        .spec
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required
+        .as_ref()?
+        .node_selector_terms;
+    let [term] = terms.as_slice() else {
+        return None;
+    };
+    term.match_expressions
+        .as_deref()?
+        .iter()
+        .find(|e| e.key == "kubernetes.io/hostname" && e.operator == "In")
+        .and_then(|e| match e.values.as_deref() {
+            Some([one]) => Some(one.clone()),
+            _ => None,
+        })
 }

@@ -1,7 +1,9 @@
 //! Judging pods: what state each replica is in and, when it fails, why. Pure.
 
 mod assess;
+mod node;
 mod pod;
 
 pub use assess::{assess, Assessment, ClaimView, PodView, RevisionView, ServiceState};
+pub use node::{judge_node, NodeHealth, OUT_OF_SERVICE_TAINT};
 pub use pod::{judge_pod, PodState, UNSCHEDULABLE_GRACE};

@@ -33,6 +33,9 @@ pub enum PodState {
     Failed { reason: String, message: String },
     /// Being deleted.
     Terminating,
+    /// Its node is lost: whatever the pod's last status said, nothing runs it any more (or
+    /// nobody can tell). `fenced` when the node is known down for good.
+    OnLostNode { message: String, fenced: bool },
 }
 
 impl PodState {
@@ -47,6 +50,7 @@ impl PodState {
             | PodState::ImagePullFailing { .. }
             | PodState::Failed { .. } => "Failing",
             PodState::Terminating => "Terminating",
+            PodState::OnLostNode { .. } => "OnLostNode",
         }
     }
 
@@ -58,6 +62,7 @@ impl PodState {
             PodState::Unschedulable { message, since } => (now.as_second() - since.as_second()
                 >= UNSCHEDULABLE_GRACE.as_secs() as i64)
                 .then_some(("Unschedulable", message.as_str())),
+            PodState::OnLostNode { message, .. } => Some(("NodeLost", message.as_str())),
             PodState::CrashLooping {
                 reason, message, ..
             }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -22,6 +23,9 @@ pub struct Caches {
     pub services: Store<Service>,
     pub budgets: Store<PodDisruptionBudget>,
     pub nodes: Store<Node>,
+    /// Node heartbeats (kube-node-lease).
+    pub leases: Store<Lease>,
+    pub volumes: Store<PersistentVolume>,
 }
 
 impl Caches {
@@ -34,6 +38,8 @@ impl Caches {
             self.services.wait_until_ready(),
             self.budgets.wait_until_ready(),
             self.nodes.wait_until_ready(),
+            self.leases.wait_until_ready(),
+            self.volumes.wait_until_ready(),
         );
     }
 }
@@ -53,6 +59,10 @@ pub struct Observed {
     pub budget: Option<Arc<PodDisruptionBudget>>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, Arc<Node>>,
+    /// Node leases by node name.
+    pub leases: BTreeMap<String, Arc<Lease>>,
+    /// The volumes bound to the service's claims, by name.
+    pub volumes: BTreeMap<String, Arc<PersistentVolume>>,
 }
 
 /// Collects what exists for `svc` from the caches.
@@ -79,6 +89,20 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
 
     let service_ref = ObjectRef::<Service>::new(&build::service_name(svc)).within(&namespace);
     let budget_ref = ObjectRef::<PodDisruptionBudget>::new(&name).within(&namespace);
+    let claims: Vec<Arc<PersistentVolumeClaim>> = caches
+        .claims
+        .state()
+        .into_iter()
+        .filter(|c| labelled(c.meta()))
+        .collect();
+    let volumes = claims
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
+        .filter_map(|v| {
+            let pv = caches.volumes.get(&ObjectRef::new(&v))?;
+            Some((v, pv))
+        })
+        .collect();
     Observed {
         pods: caches
             .pods
@@ -86,12 +110,7 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             .into_iter()
             .filter(|p| controlled(p.meta()))
             .collect(),
-        claims: caches
-            .claims
-            .state()
-            .into_iter()
-            .filter(|c| labelled(c.meta()))
-            .collect(),
+        claims,
         revisions: caches
             .revisions
             .state()
@@ -109,5 +128,12 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             .into_iter()
             .map(|n| (n.name_any(), n))
             .collect(),
+        leases: caches
+            .leases
+            .state()
+            .into_iter()
+            .map(|l| (l.name_any(), l))
+            .collect(),
+        volumes,
     }
 }

@@ -1,6 +1,7 @@
 //! The brain: (spec, what was judged, now) → actions and status. Pure.
 
 mod conditions;
+mod repair;
 mod revisions;
 mod rollout;
 mod slots;
@@ -43,6 +44,12 @@ pub enum Action {
     DeleteRevision { name: String },
     /// Mark a revision failed, so that it is not rolled out again.
     MarkRevisionBad { name: String, reason: String },
+    /// Delete a pod at once (grace period 0): its node is gone and will never confirm.
+    ForceDeletePod { name: String, reason: String },
+    /// Taint a lost node out-of-service (repair.fencing: TaintOutOfService).
+    TaintNode { node: String },
+    /// Delete a claim so that its slot gets a new, empty one (repair.storage.onVolumeLost).
+    RebuildClaim { name: String, reason: String },
 }
 
 /// What to do, and what to report.
@@ -72,12 +79,49 @@ pub fn plan(svc: &ResilientService, seen: &Assessment) -> Plan {
     let moves = rollout::moves(svc, seen, &decision.targets);
     actions.extend(slots::plan(svc, seen, &decision.targets, &moves));
     actions.extend(moves);
-    let (status, requeue_after) = status::compute(svc, seen, &update_revision, &decision);
+    let rolling = (decision.targets.hold != decision.targets.target)
+        .then_some(decision.targets.target.as_str());
+    let repairs = repair::plan(svc, seen, rolling);
+    actions.extend(repairs.actions.iter().cloned());
+    let actions = normalize(actions);
+    let (status, requeue_after) = status::compute(svc, seen, &update_revision, &decision, &repairs);
     Plan {
         actions,
         status,
         requeue_after,
     }
+}
+
+/// One action per object: a forced delete wins over a plain one, repeats go.
+fn normalize(actions: Vec<Action>) -> Vec<Action> {
+    let forced: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ForceDeletePod { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<Action> = Vec::with_capacity(actions.len());
+    let mut deleted: Vec<String> = Vec::new();
+    for a in actions {
+        let target = match &a {
+            Action::DeletePod { name, .. } if forced.contains(name) => continue,
+            Action::DeletePod { name, .. } | Action::ForceDeletePod { name, .. } => {
+                Some(name.clone())
+            }
+            _ => None,
+        };
+        if let Some(name) = target {
+            if deleted.contains(&name) {
+                continue;
+            }
+            deleted.push(name);
+        }
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// Resolves a count-or-percentage against `total`, rounding a percentage up or down.

@@ -47,15 +47,6 @@ pub(super) fn plan(
                 });
             }
         }
-        // A pod that has ended is gone for good: its slot gets a new one once it is deleted.
-        for pod in pods {
-            if let PodState::Failed { reason, .. } = &pod.state {
-                actions.push(Action::DeletePod {
-                    name: pod.name.clone(),
-                    reason: format!("replacing pod that ended: {reason}"),
-                });
-            }
-        }
         // A slot gets a new pod only once no pod of it exists at all, terminating ones
         // included: two pods must never share a slot's storage or identity.
         if pods.is_empty() {
@@ -94,7 +85,9 @@ pub(super) fn plan(
         .iter()
         .chain(moves)
         .filter_map(|a| match a {
-            Action::DeletePod { name, .. } => Some(name.as_str()),
+            Action::DeletePod { name, .. } | Action::ForceDeletePod { name, .. } => {
+                Some(name.as_str())
+            }
             _ => None,
         })
         .collect();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{merge_conditions, Decided};
+use super::repair::{window, RepairPlan};
 use super::resolve;
 use super::rollout::Decision;
 use crate::api::{condition, Failure, ReplicaStatus, ResilientService, ResilientServiceStatus};
@@ -18,6 +19,7 @@ pub(super) fn compute(
     seen: &Assessment,
     update_revision: &str,
     rollout: &Decision,
+    repairs: &RepairPlan,
 ) -> (ResilientServiceStatus, Option<Duration>) {
     let previous = svc.status.clone().unwrap_or_default();
     let desired = svc.spec.replicas.max(0);
@@ -119,7 +121,15 @@ pub(super) fn compute(
             )
         },
     });
-    decided.push(degraded(svc, &failures, &domains, desired));
+    decided.push(
+        repairs
+            .degraded
+            .clone()
+            .unwrap_or_else(|| degraded(svc, seen, &failures, &domains, desired)),
+    );
+    if let Some(r) = repairs.requeue {
+        requeue = Some(requeue.map_or(r, |q| q.min(r)));
+    }
     // The rollout's own verdicts (deadline exceeded, rolled back) override the counts.
     for d in &rollout.conditions {
         decided.retain(|x| x.type_ != d.type_);
@@ -152,13 +162,14 @@ pub(super) fn compute(
         reason,
         conditions,
         rollout: rollout.status.clone(),
-        replica_statuses: ledger(&previous, seen, desired),
+        replica_statuses: ledger(svc, &previous, seen, repairs, &mut requeue),
     };
     (status, requeue)
 }
 
 fn degraded(
     svc: &ResilientService,
+    seen: &Assessment,
     failures: &[(i32, &str, &str, &str)],
     domains: &BTreeMap<String, i32>,
     desired: i32,
@@ -166,7 +177,15 @@ fn degraded(
     if let Some((_, _, first_reason, _)) = failures.first() {
         let message = failures
             .iter()
-            .map(|(slot, pod, reason, message)| format!("slot {slot} ({pod}): {reason}: {message}"))
+            .map(|(slot, pod, reason, message)| {
+                let node = seen
+                    .pods
+                    .iter()
+                    .find(|p| p.name == *pod)
+                    .and_then(|p| p.node.as_deref())
+                    .unwrap_or("none");
+                format!("slot {slot} (pod {pod}, node {node}): {reason}: {message}")
+            })
             .collect::<Vec<_>>()
             .join("; ");
         return Decided {
@@ -183,11 +202,31 @@ fn degraded(
             return Decided {
                 type_: condition::DEGRADED,
                 status: true,
-                reason: "InsufficientDomains".to_string(),
+                reason: "InsufficientRedundancy".to_string(),
                 message: format!(
                     "ready replicas span {have} {} domains; at least {wanted} required",
                     svc.spec.redundancy.topology_key
                 ),
+            };
+        }
+    }
+    if svc.spec.redundancy.one_per_node {
+        let mut per_node: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for p in seen
+            .pods
+            .iter()
+            .filter(|p| p.state.is_ready() && p.slot < desired)
+        {
+            if let Some(n) = p.node.as_deref() {
+                per_node.entry(n).or_default().push(p.slot);
+            }
+        }
+        if let Some((node, slots)) = per_node.iter().find(|(_, s)| s.len() > 1) {
+            return Decided {
+                type_: condition::DEGRADED,
+                status: true,
+                reason: "InsufficientRedundancy".to_string(),
+                message: format!("slots {slots:?} share node {node} although onePerNode is set"),
             };
         }
     }
@@ -200,23 +239,36 @@ fn degraded(
 }
 
 /// One entry per slot. A failure stays in the ledger after the slot recovers, with the time
-/// it was first seen: the ledger is history, and an unchanged entry costs no write.
+/// it was first seen, until a quiet supervision period has passed: an unchanged entry costs
+/// no write, and a person can still see what happened.
 fn ledger(
+    svc: &ResilientService,
     previous: &ResilientServiceStatus,
     seen: &Assessment,
-    desired: i32,
+    repairs: &RepairPlan,
+    requeue: &mut Option<Duration>,
 ) -> Vec<ReplicaStatus> {
+    let desired = svc.spec.replicas.max(0);
+    let period = i64::from(svc.spec.supervision.period_seconds.max(1));
     (0..desired)
         .map(|ordinal| {
             let before = previous
                 .replica_statuses
                 .iter()
                 .find(|r| r.ordinal == ordinal);
+            let note = repairs.notes.get(&ordinal).cloned().unwrap_or_default();
             let pod = seen
                 .pods
                 .iter()
                 .filter(|p| p.slot == ordinal)
                 .max_by_key(|p| (p.state != PodState::Terminating, p.state.is_ready()));
+            let mut recent: Vec<Time> = window(before, seen.now, period)
+                .into_iter()
+                .map(Time)
+                .collect();
+            if note.repaired {
+                recent.push(Time(seen.now));
+            }
             let last_failure = match pod.and_then(|p| p.state.failure(seen.now)) {
                 Some((reason, message)) => {
                     let prior = before.and_then(|b| b.last_failure.as_ref());
@@ -232,15 +284,45 @@ fn ledger(
                         },
                     })
                 }
-                None => before.and_then(|b| b.last_failure.clone()),
+                None => before.and_then(|b| b.last_failure.clone()).filter(|f| {
+                    // Cleared once a whole quiet period has passed.
+                    let quiet_until =
+                        f.at.0
+                            .as_second()
+                            .max(recent.last().map_or(0, |t| t.0.as_second()))
+                            + period;
+                    let left = quiet_until - seen.now.as_second();
+                    if left > 0 {
+                        let d = Duration::from_secs(left as u64);
+                        *requeue = Some(requeue.map_or(d, |r| r.min(d)));
+                    }
+                    left > 0
+                }),
+            };
+            let ready = pod.is_some_and(|p| p.state.is_ready());
+            let state = if note.quarantined {
+                "Quarantined"
+            } else if note.repaired || (before.is_some_and(|b| b.state == "Repairing") && !ready) {
+                "Repairing"
+            } else if note.waiting_for.is_some() && !ready {
+                "Waiting"
+            } else {
+                pod.map_or("Missing", |p| p.state.word())
             };
             ReplicaStatus {
                 ordinal,
                 pod: pod.map(|p| p.name.clone()),
                 node: pod.and_then(|p| p.node.clone()),
-                state: pod.map_or("Missing", |p| p.state.word()).to_string(),
+                state: state.to_string(),
                 revision: pod.map(|p| p.revision.clone()),
-                restarts_in_window: before.map_or(0, |b| b.restarts_in_window),
+                restarts_in_window: recent.len() as i32,
+                repairs: recent,
+                escalation: note
+                    .escalation
+                    .map(|e| format!("{e:?}"))
+                    .or_else(|| before.and_then(|b| b.escalation.clone()).filter(|_| !ready)),
+                avoid_node: note.avoid_node.clone(),
+                waiting_for: note.waiting_for.clone(),
                 last_failure,
             }
         })

@@ -74,6 +74,8 @@ fn converged(svc: &ResilientService) -> Assessment {
         node_domains: (0..3)
             .map(|n| (format!("node-{n}"), format!("zone-{n}")))
             .collect(),
+        nodes_total: 3,
+        nodes_lost: 0,
     }
 }
 
@@ -84,6 +86,7 @@ fn claim(svc_name: &str, slot: i32, template: &str) -> ClaimView {
         slot,
         template: template.to_string(),
         deleting: false,
+        lost_with: None,
     }
 }
 
@@ -134,6 +137,15 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                 }
             }
             Action::DeleteRevision { name } => next.revisions.retain(|r| &r.name != name),
+            Action::ForceDeletePod { name, .. } => {
+                next.pods.retain(|p| &p.name != name);
+            }
+            Action::RebuildClaim { name, .. } => {
+                for c in next.claims.iter_mut().filter(|c| &c.name == name) {
+                    c.deleting = true;
+                }
+            }
+            Action::TaintNode { .. } => {}
             Action::MarkRevisionBad { name, .. } => {
                 for r in next.revisions.iter_mut().filter(|r| &r.name == name) {
                     r.bad = true;
@@ -415,6 +427,10 @@ fn arb_state() -> impl Strategy<Value = PodState> {
             message: "restarting".into(),
             restarts: 3
         }),
+        any::<bool>().prop_map(|fenced| PodState::OnLostNode {
+            message: "lost".into(),
+            fenced
+        }),
     ]
 }
 
@@ -538,5 +554,204 @@ proptest! {
         prop_assert!(s.ready_replicas <= s.replicas);
         prop_assert!(s.updated_replicas <= s.replicas);
         prop_assert_eq!(s.replica_statuses.len(), svc.spec.replicas as usize);
+    }
+}
+
+mod repairs {
+    use super::*;
+    use crate::api::{Fencing, ReplicaStatus, ResilientServiceStatus, VolumeLostPolicy};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn lost(fenced: bool) -> PodState {
+        PodState::OnLostNode {
+            message: "node node-1 has not renewed its lease for 31 s".into(),
+            fenced,
+        }
+    }
+
+    fn crash() -> PodState {
+        PodState::CrashLooping {
+            reason: "CrashLoopBackOff".into(),
+            message: "container app restarted 3 times".into(),
+            restarts: 3,
+        }
+    }
+
+    fn with_repairs(svc: &mut ResilientService, slot: i32, ages: &[i64]) {
+        let mut status = svc.status.clone().unwrap_or_default();
+        status.replica_statuses.push(ReplicaStatus {
+            ordinal: slot,
+            repairs: ages
+                .iter()
+                .map(|a| Time(Timestamp::from_second(now().as_second() - a).unwrap()))
+                .collect(),
+            ..Default::default()
+        });
+        svc.status = Some(status);
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| {
+                format!("{a:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stateless_replica_on_a_lost_node_is_force_deleted_at_once() {
+        let svc = service(3, false);
+        let mut seen = converged(&svc);
+        seen.pods[1].state = lost(false);
+        let p = plan(&svc, &seen);
+        assert_eq!(kinds(&p.actions), vec!["ForceDeletePod"]);
+        assert_eq!(p.status.replica_statuses[1].state, "Repairing");
+        assert_eq!(
+            p.status.replica_statuses[1]
+                .last_failure
+                .as_ref()
+                .unwrap()
+                .reason,
+            "NodeLost"
+        );
+    }
+
+    #[test]
+    fn stateful_replica_waits_for_evidence_before_it_moves() {
+        let svc = service(3, true);
+        let mut seen = converged(&svc);
+        seen.pods[1].state = lost(false);
+        let p = plan(&svc, &seen);
+        assert_eq!(p.actions, vec![], "without evidence nothing moves");
+        let degraded = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "NodeLost")
+        );
+        assert!(degraded.message.contains("slot 1"), "{}", degraded.message);
+    }
+
+    #[test]
+    fn taint_out_of_service_fences_then_moves_the_replica_and_rebuilds_its_lost_claim() {
+        let mut svc = service(3, true);
+        svc.spec.repair.fencing = Fencing::TaintOutOfService;
+        svc.spec.repair.storage.on_volume_lost = VolumeLostPolicy::Recreate;
+        let mut seen = converged(&svc);
+        seen.pods[1].state = lost(false);
+        seen.pods[1].node = Some("node-1".into());
+        seen.claims[1].lost_with = Some(("node-1".into(), false));
+        assert_eq!(
+            plan(&svc, &seen).actions,
+            vec![Action::TaintNode {
+                node: "node-1".into()
+            }]
+        );
+        seen.pods[1].state = lost(true);
+        seen.claims[1].lost_with = Some(("node-1".into(), true));
+        assert_eq!(
+            kinds(&plan(&svc, &seen).actions),
+            vec!["ForceDeletePod", "RebuildClaim"]
+        );
+    }
+
+    #[test]
+    fn retained_volume_on_a_lost_node_waits_for_a_person() {
+        let svc = service(3, true);
+        let mut seen = converged(&svc);
+        seen.pods.remove(2);
+        seen.claims[2].lost_with = Some(("node-2".into(), true));
+        let p = plan(&svc, &seen);
+        assert!(!kinds(&p.actions).contains(&"RebuildClaim".to_string()));
+        assert_eq!(p.status.reason.as_deref(), Some("VolumeLost"));
+    }
+
+    #[test]
+    fn crash_looping_slot_climbs_the_ladder_and_ends_in_quarantine() {
+        let mut svc = service(3, false);
+        svc.spec.supervision.max_restarts = 2;
+        let step = |svc: &ResilientService| {
+            let mut seen = converged(svc);
+            seen.pods[0].state = crash();
+            plan(svc, &seen)
+        };
+        // No repair yet: Restart.
+        let p = step(&svc);
+        assert!(
+            matches!(&p.actions[..], [Action::DeletePod { reason, .. }] if reason.starts_with("Restart"))
+        );
+        // Two repairs in the window: Reschedule, away from the node.
+        let mut s2 = svc.clone();
+        with_repairs(&mut s2, 0, &[200, 100]);
+        let p = step(&s2);
+        assert!(
+            matches!(&p.actions[..], [Action::DeletePod { reason, .. }] if reason.starts_with("Reschedule")),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(
+            p.status.replica_statuses[0].avoid_node.as_deref(),
+            Some("node-0")
+        );
+        // Stateless: RebuildStorage does not apply; six repairs reach Quarantine.
+        let mut s3 = svc.clone();
+        with_repairs(&mut s3, 0, &[290, 250, 200, 150, 100, 60]);
+        let p = step(&s3);
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.status.replica_statuses[0].state, "Quarantined");
+        assert_eq!(p.status.reason.as_deref(), Some("Quarantined"));
+    }
+
+    #[test]
+    fn repairs_back_off_exponentially_and_the_window_slides() {
+        let mut svc = service(3, false);
+        with_repairs(&mut svc, 0, &[3]);
+        let mut seen = converged(&svc);
+        seen.pods[0].state = crash();
+        let p = plan(&svc, &seen);
+        assert_eq!(p.actions, vec![], "5 s back-off after one repair");
+        assert!(p.requeue_after.is_some_and(|d| d.as_secs() <= 2));
+        // Repairs older than the period no longer count.
+        let mut old = service(3, false);
+        with_repairs(&mut old, 0, &[400, 350, 320, 310, 305, 301]);
+        let p = plan(&old, &seen);
+        assert!(
+            matches!(&p.actions[..], [Action::DeletePod { reason, .. }] if reason.starts_with("Restart"))
+        );
+    }
+
+    #[test]
+    fn storm_guard_pauses_node_loss_repair_when_most_replicas_fail_together() {
+        let svc = service(3, false);
+        let mut seen = converged(&svc);
+        seen.pods[0].state = lost(false);
+        seen.pods[1].state = lost(false);
+        let p = plan(&svc, &seen);
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.status.reason.as_deref(), Some("MassFailureSuspected"));
+    }
+
+    #[test]
+    fn at_most_max_concurrent_repairs_at_once() {
+        let mut svc = service(5, false);
+        svc.spec.repair.max_concurrent_repairs = 1;
+        let mut seen = converged(&svc);
+        seen.pods[0].state = crash();
+        seen.pods[1].state = crash();
+        let p = plan(&svc, &seen);
+        assert_eq!(kinds(&p.actions), vec!["DeletePod"]);
+        assert_eq!(
+            p.status.replica_statuses[1].waiting_for.as_deref(),
+            Some("a free repair slot (maxConcurrentRepairs)")
+        );
     }
 }
