@@ -559,7 +559,7 @@ proptest! {
 
 mod repairs {
     use super::*;
-    use crate::api::{Fencing, ReplicaStatus, ResilientServiceStatus, VolumeLostPolicy};
+    use crate::api::{Fencing, ReplicaStatus, VolumeLostPolicy};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn lost(fenced: bool) -> PodState {
