@@ -19,6 +19,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::api::{ResilientService, LABEL_SERVICE};
+use crate::http::Health;
+use crate::leader::{Elector, LeaseConfig};
+use crate::metrics::Metrics;
 use crate::observe::{observe, Caches};
 use crate::{act, health, plan};
 
@@ -55,6 +58,8 @@ pub struct Context {
     /// Set once every cache has its first full list. A flag, not a second waiter on the
     /// stores: a store's readiness wakes only one waiting task.
     synced: AtomicBool,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -102,7 +107,7 @@ fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
 }
 
 /// Runs the controller until a shutdown signal.
-pub async fn run(client: Client, options: Options) {
+pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health: Arc<Health>) {
     let ns = options.namespace.as_deref();
     let ours = watcher::Config::default().labels(LABEL_SERVICE);
     let (pods, pod_events) = cached(api::<Pod>(&client, ns), ours.clone());
@@ -142,6 +147,8 @@ pub async fn run(client: Client, options: Options) {
         caches: caches.clone(),
         failures: Mutex::default(),
         synced: AtomicBool::new(false),
+        metrics: metrics.clone(),
+        health: health.clone(),
     });
 
     // A node event reconciles every service with a pod on that node.
@@ -186,6 +193,7 @@ pub async fn run(client: Client, options: Options) {
     let ready = async move {
         caches.ready().await;
         synced.synced.store(true, Ordering::Release);
+        synced.health.synced.store(true, Ordering::Release);
         tracing::info!("caches synced");
     };
     let run = controller
@@ -249,6 +257,24 @@ fn tokio_stream_interval(period: Duration) -> impl Stream<Item = ()> + Send {
 }
 
 async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    ctx.metrics.reconciles_in_flight.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_pass(&svc, &ctx).await;
+    ctx.metrics.reconciles_in_flight.dec();
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::ResultLabel {
+            result: label.into(),
+        })
+        .inc();
+    result
+}
+
+async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     // Plan nothing from half-filled caches: an empty pod cache would look like lost pods.
     if !ctx.synced.load(Ordering::Acquire) {
         return Ok(Requeue::requeue(CACHE_SYNC_RETRY));
@@ -259,11 +285,18 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
         // The garbage collector removes what the service owns; retained claims stay.
         return Ok(Requeue::await_change());
     }
-    let observed = observe(&svc, &ctx.caches);
+    let observed = observe(svc, &ctx.caches);
     // Whole seconds, as the API server stores times: a status computed twice then compares equal.
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default();
-    let seen = health::assess(&svc, &observed, now);
-    let plan = plan::plan(&svc, &seen);
+    let seen = health::assess(svc, &observed, now);
+    let plan = plan::plan(svc, &seen);
+    ctx.metrics.observe_pass(
+        &svc.namespace().unwrap_or_default(),
+        &svc.name_any(),
+        svc.status.as_ref(),
+        &plan.status,
+        &plan.actions,
+    );
     if !plan.actions.is_empty() {
         tracing::info!(actions = ?plan.actions, "acting");
     }
@@ -273,7 +306,7 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
         .iter()
         .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
         .collect();
-    act::execute(&ctx.client, &ctx.recorder, &svc, &templates, &plan).await?;
+    act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(svc.as_ref()));
     }
@@ -315,6 +348,33 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "PERENNIAL_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "PERENNIAL_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Elect a leader among replicas (turn off only when a single replica runs).
+    #[arg(long, env = "PERENNIAL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader lease.
+    #[arg(long, env = "PERENNIAL_LEASE_NAME", default_value = "perennial-leader")]
+    pub lease_name: String,
+    /// Seconds a lease lasts without renewal; a standby takes over after it.
+    #[arg(long, env = "PERENNIAL_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Seconds between renewals.
+    #[arg(long, env = "PERENNIAL_LEASE_RENEW", default_value_t = 5)]
+    pub lease_renew_seconds: u64,
+    /// Seconds the leader keeps failing to renew before it stops acting.
+    #[arg(long, env = "PERENNIAL_LEASE_RENEW_DEADLINE", default_value_t = 10)]
+    pub lease_renew_deadline_seconds: u64,
+    /// Requests per second to the API server, sustained.
+    #[arg(long, env = "PERENNIAL_API_QPS", default_value_t = 50)]
+    pub api_qps: u32,
+    /// Requests allowed in a burst above the sustained rate.
+    #[arg(long, env = "PERENNIAL_API_BURST", default_value_t = 100)]
+    pub api_burst: u32,
 }
 
 /// Errors that stop the operator before it runs.
@@ -329,6 +389,13 @@ pub enum StartError {
     Config(#[from] kube::config::InferConfigError),
     #[error("cannot build a client: {0}")]
     Client(#[from] kube::Error),
+    #[error("cannot listen on {addr} for metrics and probes: {source}; pick another with --metrics-addr")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Leadership(#[from] crate::leader::Error),
 }
 
 /// Connects and runs one controller per watched namespace (or one for all).
@@ -350,22 +417,99 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
         }
         None => kube::Config::infer().await?,
     };
-    let client = Client::try_from(config)?;
+    let client = crate::throttle::client(config, args.api_qps, args.api_burst)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = crate::http::bind(args.metrics_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
+    tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+    ));
+
+    let elector = args.leader_elect.then(|| {
+        Elector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity: identity(),
+                duration: Duration::from_secs(args.lease_duration_seconds.max(1)),
+                renew_every: Duration::from_secs(args.lease_renew_seconds.max(1)),
+                renew_deadline: Duration::from_secs(args.lease_renew_deadline_seconds.max(1)),
+            },
+        )
+    });
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
+    health.leading.store(true, Ordering::Release);
+    metrics.leader.set(1);
+
     tracing::info!(namespaces = ?args.namespaces, concurrency = args.concurrency, "perennial starting");
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    futures::future::join_all(namespaces.into_iter().map(|namespace| {
+    let controllers = futures::future::join_all(namespaces.into_iter().map(|namespace| {
         run(
             client.clone(),
             Options {
                 namespace,
                 concurrency: args.concurrency,
             },
+            metrics.clone(),
+            health.clone(),
         )
-    }))
-    .await;
+    }));
+    match &elector {
+        Some(elector) => {
+            tokio::select! {
+                // A replica that lost the lease stops acting at once: the process ends.
+                lost = elector.hold() => return Err(lost.into()),
+                _ = controllers => {}
+            }
+            elector.release().await;
+        }
+        None => {
+            controllers.await;
+        }
+    }
     Ok(())
+}
+
+/// This replica's name in the lease: the pod's name, else host and pid.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "perennial".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

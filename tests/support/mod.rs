@@ -293,18 +293,28 @@ pub fn operator_kubeconfig() -> PathBuf {
 /// An operator process watching one namespace, stopped when the guard drops. Its log is
 /// kept in target/operator-logs/ for a failing test to be read.
 pub struct Operator {
-    child: std::process::Child,
+    pub child: std::process::Child,
     pub log: PathBuf,
 }
 
 impl Operator {
+    /// One operator for `namespace`, alone: no leader election, metrics on a free port.
     pub fn start(namespace: &str) -> Self {
+        Self::start_with(
+            namespace,
+            &["--leader-elect=false", "--metrics-addr", "127.0.0.1:0"],
+        )
+    }
+
+    /// An operator for `namespace` with extra arguments.
+    pub fn start_with(namespace: &str, extra: &[&str]) -> Self {
         let dir = repo_root().join("target/operator-logs");
         std::fs::create_dir_all(&dir).expect("create the operator log directory");
-        let log = dir.join(format!("{namespace}.log"));
+        let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
         let out = std::fs::File::create(&log).expect("create the operator log");
         let child = Command::new(env!("CARGO_BIN_EXE_perennial"))
             .args(["run", "--namespaces", namespace])
+            .args(extra)
             .arg("--kubeconfig")
             .arg(operator_kubeconfig())
             .env(
