@@ -187,11 +187,12 @@ impl Metrics {
                 })
                 .inc();
         }
-        let complete = after
+        // A rollout that ends without a rollback has completed.
+        let rolled_back = after
             .conditions
             .iter()
-            .any(|c| c.type_ == "Progressing" && c.reason == "RolloutComplete");
-        if was_rolling.is_some() && is_rolling.is_none() && complete {
+            .any(|c| c.type_ == "RolledBack" && c.status == "True");
+        if was_rolling.is_some() && is_rolling.is_none() && !rolled_back {
             self.rollouts
                 .get_or_create(&EventLabel {
                     event: "completed".into(),

@@ -2,7 +2,7 @@
 //! breaking the availability floor (replicas - maxUnavailable available) or the ceiling
 //! (replicas + maxSurge pods).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -25,11 +25,14 @@ pub(super) struct Targets {
     pub hold: String,
     /// Slots with an ordinal at or above it move to `target`.
     pub partition: i32,
+    /// Slots below the partition that stay on `target` all the same: a rollout stopped by a
+    /// failure leaves the slots it moved where they are, for a person to look at.
+    pub kept: BTreeSet<i32>,
 }
 
 impl Targets {
     pub fn revision_for(&self, ordinal: i32) -> &str {
-        if ordinal >= self.partition {
+        if ordinal >= self.partition || self.kept.contains(&ordinal) {
             &self.target
         } else {
             &self.hold
@@ -47,6 +50,15 @@ pub(super) struct Decision {
     /// Why the rollout is failed or stopped, for status.reason.
     pub reason: Option<String>,
 }
+
+/// `status.rollout.waitingFor` of a rollout held by `spec.paused`.
+const WAITING_FOR_UNPAUSE: &str = "spec.paused to be false";
+/// How `status.rollout.waitingFor` of a rollout stopped by a failure (rollback: Manual)
+/// begins; the failure follows. The stop holds until the template changes or the rollout
+/// is aborted: a failing pod that is deleted or recovers does not restart it.
+const WAITING_FOR_A_PERSON: &str = "a person: ";
+/// `status.reason` of a rollout stopped by a failure.
+const ROLLOUT_FAILED: &str = "RolloutFailed";
 
 fn is_available(pod: &PodView, now: Timestamp, min_ready: i64) -> bool {
     match pod.state {
@@ -92,23 +104,42 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
     let prev_rollout = previous.rollout.clone().filter(|r| r.revision == update);
 
     // A revision known bad, or aborted, is not retried until the template changes again.
-    let aborted = svc
-        .metadata
-        .annotations
+    let aborted = rolling
+        && svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_ABORT))
+            .is_some_and(|v| v == "true" || v == update);
+    // A rollout stopped by a failure stays stopped: the evidence (a crash-looping pod) may
+    // come and go, the verdict does not.
+    let stopped_before = prev_rollout
         .as_ref()
-        .and_then(|a| a.get(ANNOTATION_ABORT))
-        .is_some_and(|v| v == "true" || v == update);
+        .and_then(|r| r.waiting_for.as_deref())
+        .and_then(|w| w.strip_prefix(WAITING_FOR_A_PERSON))
+        .map(str::to_string);
     let failure = rolling
-        .then(|| new_revision_failure(svc, &new_pods, now, prev_rollout.as_ref()))
-        .flatten()
-        .or_else(|| (rolling && aborted).then(|| "the rollout was aborted".to_string()));
+        .then(|| {
+            stopped_before
+                .clone()
+                .or_else(|| new_revision_failure(svc, &new_pods, now, prev_rollout.as_ref()))
+        })
+        .flatten();
 
+    // Aborting rolls back whatever the rollback policy: a person asked for it.
     if bad.contains(&update)
+        || aborted
         || (failure.is_some() && svc.spec.update.rollback == RollbackPolicy::Automatic)
     {
-        let why = failure.clone().unwrap_or_else(|| {
-            format!("revision {update} failed before and is not retried until the template changes")
-        });
+        let why = if aborted {
+            "the rollout was aborted".to_string()
+        } else {
+            failure.clone().unwrap_or_else(|| {
+                format!(
+                    "revision {update} failed before and is not retried until the template changes"
+                )
+            })
+        };
         if !bad.contains(&update) {
             actions.push(Action::MarkRevisionBad {
                 name: update.to_string(),
@@ -118,7 +149,12 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
         conditions.push(Decided {
             type_: condition::ROLLED_BACK,
             status: true,
-            reason: "RevisionFailed".into(),
+            reason: if aborted {
+                "RolloutAborted"
+            } else {
+                "RevisionFailed"
+            }
+            .into(),
             message: format!("rolled back from {update} to {stable}: {why}"),
         });
         reason = Some("RolledBack".to_string());
@@ -127,6 +163,7 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
                 target: stable.clone(),
                 hold: stable,
                 partition: 0,
+                kept: BTreeSet::new(),
             },
             actions,
             status: None,
@@ -145,6 +182,7 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
     }
 
     let mut partition = svc.spec.update.partition.clamp(0, replicas);
+    let mut kept = BTreeSet::new();
     let mut status = prev_rollout.unwrap_or_else(|| RolloutStatus {
         revision: update.to_string(),
         started_at: Time(now),
@@ -152,18 +190,39 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
         progress: String::new(),
         canary_step: None,
         paused_since: None,
-        promoted: None,
+        // A promotion is a new value of the annotation: one left from an earlier rollout
+        // promotes nothing in this one.
+        promoted: svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_PROMOTE))
+            .cloned(),
         waiting_for: None,
     });
+    if !svc.spec.paused && status.waiting_for.as_deref() == Some(WAITING_FOR_UNPAUSE) {
+        // Unpaused: the progress deadline counts from now, and a canary pause step in
+        // progress starts its wait again.
+        status.paused_since = None;
+        status.last_progress_at = Time(now);
+    }
 
     if let Some(why) = failure {
-        // Manual rollback: stop where it is, and say why.
+        // Manual rollback: stop where it is, and say why. Slots that have a pod of the new
+        // revision keep it; the others stay on the stable revision.
         partition = replicas;
-        reason = Some("RolloutFailed".to_string());
-        status.waiting_for = Some(format!("a person: {why}"));
+        kept = new_pods.iter().map(|p| p.slot).collect();
+        reason = Some(ROLLOUT_FAILED.to_string());
+        conditions.push(Decided {
+            type_: condition::PROGRESSING,
+            status: false,
+            reason: ROLLOUT_FAILED.into(),
+            message: format!("the rollout of revision {update} stopped: {why}"),
+        });
+        status.waiting_for = Some(format!("{WAITING_FOR_A_PERSON}{why}"));
     } else if svc.spec.paused {
         partition = replicas;
-        status.waiting_for = Some("spec.paused to be false".to_string());
+        status.waiting_for = Some(WAITING_FOR_UNPAUSE.to_string());
     } else if let Some(canary) = svc.spec.update.canary.as_ref().filter(|_| rolling) {
         let (step_partition, wait) =
             canary_step(svc, canary, &new_pods, now, min_ready, &mut status);
@@ -174,6 +233,27 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
     } else {
         status.canary_step = None;
         status.waiting_for = None;
+    }
+
+    // Held on purpose: paused, or every slot the partition (or canary step) lets move has
+    // moved and is available. The progress deadline does not run while held, and starts
+    // afresh when the hold ends (spec.paused cleared, the partition lowered, a promotion).
+    let moved_available: BTreeSet<i32> = new_pods
+        .iter()
+        .filter(|p| p.slot >= partition && p.slot < replicas && is_available(p, now, min_ready))
+        .map(|p| p.slot)
+        .collect();
+    let held_at_partition = partition > 0 && moved_available.len() as i32 >= replicas - partition;
+    let held = rolling && reason.is_none() && (svc.spec.paused || held_at_partition);
+    if held {
+        status.paused_since.get_or_insert(Time(now));
+        if status.waiting_for.is_none() {
+            status.waiting_for = Some(format!(
+                "spec.update.partition ({partition}) to be lowered: slots below it stay on revision {stable}"
+            ));
+        }
+    } else if reason.is_none() && status.paused_since.take().is_some() {
+        status.last_progress_at = Time(now);
     }
 
     // Progress: more new pods, or more of them available.
@@ -192,7 +272,9 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
     let deadline = i64::from(svc.spec.update.progress_deadline_seconds.max(1));
     let stalled = now.as_second() - status.last_progress_at.0.as_second();
     let waiting_on_purpose = svc.spec.paused || status.paused_since.is_some();
-    if rolling && !waiting_on_purpose && stalled >= deadline {
+    if reason.as_deref() == Some(ROLLOUT_FAILED) {
+        // Stopped: Progressing says so already, and nothing will move until a person acts.
+    } else if rolling && !waiting_on_purpose && stalled >= deadline {
         conditions.push(Decided {
             type_: condition::PROGRESSING,
             status: false,
@@ -210,6 +292,7 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
             target: update.to_string(),
             hold: stable,
             partition,
+            kept,
         },
         actions,
         status: rolling.then_some(status),
@@ -246,7 +329,9 @@ fn new_revision_failure(
     }
     let prev = prev?;
     let deadline = i64::from(svc.spec.update.progress_deadline_seconds.max(1));
-    let paused = svc.spec.paused || prev.paused_since.is_some();
+    let paused = svc.spec.paused
+        || prev.paused_since.is_some()
+        || prev.waiting_for.as_deref() == Some(WAITING_FOR_UNPAUSE);
     let stalled = now.as_second() - prev.last_progress_at.0.as_second();
     (!paused && stalled >= deadline && !prev.progress.is_empty())
         .then(|| format!("no progress for {stalled} s (progressDeadlineSeconds {deadline})"))
@@ -388,13 +473,15 @@ pub(super) fn moves(svc: &ResilientService, seen: &Assessment, targets: &Targets
         }
         match on_target.first() {
             // The surge pod is available: the old one can go, the slot stays available.
+            // It still counts as alive in this pass: deletions are carried out after the
+            // pass's creates, so the room it leaves is used on the next pass, once it is
+            // terminating.
             Some(new) if is_available(new, now, min_ready) => {
                 for o in &old {
                     actions.push(Action::DeletePod {
                         name: o.name.clone(),
                         reason: format!("replaced by {} at revision {target}", new.name),
                     });
-                    alive -= 1;
                 }
             }
             Some(_) => {} // the surge pod is on its way

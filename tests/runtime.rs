@@ -1,0 +1,365 @@
+//! The operator's runtime on the local control plane: leader election and takeover, the
+//! lease released on SIGTERM, and metrics that count what happened.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use perennial::api::ResilientService;
+use serde_json::json;
+use support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An operator taking part in leader election on the test's own lease.
+fn elector(ns: &str, lease: &str) -> Operator {
+    Operator::start_with(
+        ns,
+        &[
+            "--leader-elect=true",
+            "--lease-namespace",
+            ns,
+            "--lease-name",
+            lease,
+            "--lease-duration-seconds",
+            "6",
+            "--lease-renew-seconds",
+            "2",
+            "--lease-renew-deadline-seconds",
+            "4",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
+/// The address an operator serves metrics on, from its log.
+async fn metrics_addr(op: &Operator) -> String {
+    wait_for(
+        "the operator to log its metrics address",
+        TIMEOUT,
+        || async {
+            let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+            let plain: String = strip_ansi(&log);
+            plain
+                .lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body
+}
+
+/// The value of a metric line that starts with `prefix` (name and labels).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn holder(ns: &TestNamespace, lease: &str) -> Option<String> {
+    let leases: Api<Lease> = ns.api();
+    leases
+        .get_opt(lease)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+fn web(replicas: i32) -> ResilientService {
+    serde_json::from_value(json!({
+        "apiVersion": "perennial.dev/v1alpha1",
+        "kind": "ResilientService",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "update": {"maxSurge": 2, "maxUnavailable": 1},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "example/web:1"}]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+async fn rolled_out(api: &Api<ResilientService>, n: i32) -> ResilientService {
+    wait_for("the rollout to complete", TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let svc = api.get("web").await.map_err(|e| e.to_string())?;
+            let s = svc.status.clone().unwrap_or_default();
+            let done = s.observed_generation == svc.metadata.generation
+                && s.updated_replicas == n
+                && s.available_replicas == n
+                && s.replicas == n
+                && s.current_revision == s.update_revision;
+            done.then_some(svc).ok_or(format!("{s:?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn standby_takes_over_a_rollout_after_the_leader_is_killed_with_no_duplicate_pods() {
+    let ns = TestNamespace::new("rt-failover").await;
+    install_crd(&ns.client).await;
+    let lease = format!("leader-{}", unique_suffix());
+    let a = elector(&ns.name, &lease);
+    let b = elector(&ns.name, &lease);
+    let api: Api<ResilientService> = ns.api();
+    api.create(&PostParams::default(), &web(6)).await.unwrap();
+    rolled_out(&api, 6).await;
+
+    let leader = wait_for("a leader", TIMEOUT, || async {
+        holder(&ns, &lease).await.ok_or("no holder".to_string())
+    })
+    .await;
+    let mut ops = [a, b];
+    let idx = ops
+        .iter()
+        .position(|o| leader.ends_with(&format!("-{}", o.child.id())))
+        .expect("the leader is one of the two replicas");
+    let pods: Api<Pod> = ns.api();
+    roll_and_kill(&ns, &api, &pods, &lease, &leader, &mut ops[idx]).await;
+}
+
+/// Starts a rollout, SIGKILLs the leader, and checks that the other replica finishes it
+/// without two pods ever sharing a slot and revision, and within the pod ceiling.
+async fn roll_and_kill(
+    ns: &TestNamespace,
+    api: &Api<ResilientService>,
+    pods: &Api<Pod>,
+    lease: &str,
+    leader: &str,
+    killed: &mut Operator,
+) {
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"template": {"metadata": {"annotations": {"restartedAt": "1"}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Kill as soon as the rollout has begun.
+    wait_for("the rollout to begin", TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let s = api
+                .get("web")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            (s.update_revision != s.current_revision)
+                .then_some(())
+                .ok_or("not yet".to_string())
+        }
+    })
+    .await;
+    let killed_at = Instant::now();
+    let _ = killed.child.kill();
+    let _ = killed.child.wait();
+
+    let new_leader = wait_for("another replica to take the lease", TIMEOUT, || async {
+        match holder(ns, lease).await {
+            Some(h) if h != leader => Ok(h),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    println!("takeover after SIGKILL: {takeover:?} (lease duration 6 s), new leader {new_leader}");
+    assert!(
+        takeover <= Duration::from_secs(6 + 5),
+        "took over after {takeover:?}"
+    );
+
+    // Watch until the rollout completes: never two live pods with the same slot and revision,
+    // never more than replicas + maxSurge alive.
+    let worst = std::sync::atomic::AtomicUsize::new(0);
+    let done = wait_for("the new leader to finish the rollout", TIMEOUT, || {
+        let api = api.clone();
+        let pods = pods.clone();
+        let worst = &worst;
+        async move {
+            let list = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut per: BTreeMap<(String, String), usize> = BTreeMap::new();
+            let mut alive = 0;
+            for p in list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                let l = p.metadata.labels.clone().unwrap_or_default();
+                *per.entry((
+                    l["perennial.dev/slot"].clone(),
+                    l["perennial.dev/revision"].clone(),
+                ))
+                .or_default() += 1;
+                alive += 1;
+            }
+            worst.fetch_max(alive, std::sync::atomic::Ordering::Relaxed);
+            if let Some(dup) = per.iter().find(|(_, n)| **n > 1) {
+                return Ok(Err(format!("duplicate pods for slot/revision {:?}", dup.0)));
+            }
+            let s = api
+                .get("web")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let complete = s.updated_replicas == 6
+                && s.available_replicas == 6
+                && s.current_revision == s.update_revision;
+            complete.then_some(Ok(())).ok_or(format!(
+                "{} updated, {} available",
+                s.updated_replicas, s.available_replicas
+            ))
+        }
+    })
+    .await;
+    done.unwrap_or_else(|e| panic!("{e}"));
+    let worst = worst.into_inner();
+    assert!(worst <= 6 + 2, "{worst} pods alive at once");
+}
+
+#[tokio::test]
+async fn sigterm_releases_the_lease_at_once_and_the_standby_takes_over() {
+    let ns = TestNamespace::new("rt-sigterm").await;
+    install_crd(&ns.client).await;
+    let lease = format!("leader-{}", unique_suffix());
+    let first = elector(&ns.name, &lease);
+    let leader = wait_for("the first replica to lead", TIMEOUT, || async {
+        holder(&ns, &lease).await.ok_or("no holder".to_string())
+    })
+    .await;
+    assert!(leader.ends_with(&format!("-{}", first.child.id())));
+    let second = elector(&ns.name, &lease);
+    let addr = metrics_addr(&second).await;
+    assert_eq!(
+        metric(&scrape(&addr).await, "perennial_leader "),
+        Some(0.0),
+        "the second replica stands by"
+    );
+
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let taken = wait_for("the standby to take over", TIMEOUT, || async {
+        match holder(&ns, &lease).await {
+            Some(h) if h.ends_with(&format!("-{}", second.child.id())) => Ok(sent.elapsed()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    println!("takeover after SIGTERM: {taken:?} (lease duration 6 s)");
+    assert!(
+        taken < Duration::from_secs(4),
+        "the released lease was taken after {taken:?}"
+    );
+    wait_for("the standby to report leadership", TIMEOUT, || {
+        let addr = addr.clone();
+        async move {
+            (metric(&scrape(&addr).await, "perennial_leader ") == Some(1.0))
+                .then_some(())
+                .ok_or("not yet".to_string())
+        }
+    })
+    .await;
+    drop(first);
+}
+
+#[tokio::test]
+async fn metrics_count_reconciles_rollouts_repairs_and_replicas_by_state() {
+    let ns = TestNamespace::new("rt-metrics").await;
+    install_crd(&ns.client).await;
+    let op = Operator::start(&ns.name);
+    let addr = metrics_addr(&op).await;
+    let api: Api<ResilientService> = ns.api();
+    api.create(&PostParams::default(), &web(3)).await.unwrap();
+    rolled_out(&api, 3).await;
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"template": {"metadata": {"annotations": {"restartedAt": "1"}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    rolled_out(&api, 3).await;
+
+    let text = wait_for("the rollout to be counted", TIMEOUT, || {
+        let addr = addr.clone();
+        async move {
+            let text = scrape(&addr).await;
+            (metric(&text, "perennial_rollouts_total{event=\"completed\"}").unwrap_or(0.0) >= 1.0)
+                .then_some(text)
+                .ok_or("no completed rollout counted".to_string())
+        }
+    })
+    .await;
+    let excerpt: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+        .collect();
+    println!("{}", excerpt.join("\n"));
+    assert!(metric(&text, "perennial_reconciles_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&text, "perennial_rollouts_total{event=\"started\"}").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&text, "perennial_reconcile_duration_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert_eq!(metric(&text, "perennial_leader "), Some(1.0));
+    let ready = format!(
+        "perennial_replicas{{namespace=\"{}\",name=\"web\",state=\"Ready\"}}",
+        ns.name
+    );
+    assert_eq!(metric(&text, &ready), Some(3.0), "{ready}");
+}
