@@ -30,14 +30,20 @@ lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict of charts/perennial, with the default and the namespaced values
+	@helm="$${HELM:-$$($(CLUSTER)/build --print-dirs | grep '/helm-')/helm}"; \
+	"$$helm" lint --strict charts/perennial && \
+	"$$helm" lint --strict charts/perennial --set 'watchNamespaces={team-a,team-b}' --set serviceMonitor.enabled=true
+
 test: cluster ## the whole suite: unit, property and integration tests on the local control plane
 	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) cargo test --all-targets --no-fail-fast
 
 demo: ## start the control plane, run the operator and a sample service, show its status
 	e2e/demo
 
-bench: ## benchmarks side by side with the built-in controllers
-	@echo "make bench: not yet"
+bench: cluster ## benchmarks side by side with the built-in controllers (BENCH_TRIALS=200)
+	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) cargo test --release --test bench -- --ignored --nocapture --test-threads=1
 
 chaos: ## a chaos soak on the local control plane
 	@echo "make chaos: not yet"

@@ -8,6 +8,21 @@ use k8s_openapi::api::core::v1::Node;
 /// The taint that tells Kubernetes (and us) a node is known to be down for good.
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 
+/// How often a live kubelet renews its Lease: a quarter of the 40 s lease, with a little
+/// jitter. A Lease that old is not news; a node is silent only once it missed a renewal.
+const LEASE_RENEW_SECONDS: i64 = 10;
+
+/// The least silence that counts as a loss, whatever spec.repair.nodeLostAfterSeconds says:
+/// one renewal interval and slack for a late renewal, so that a live node whose next renewal
+/// is a moment away is never judged lost.
+const MIN_LOST_AFTER_SECONDS: i64 = LEASE_RENEW_SECONDS + 2;
+
+/// How much longer than the threshold a loss lasts before it is acted on. Nodes that fail at
+/// the same moment stop renewing up to one renewal interval apart, so the first one is
+/// judged lost up to that much before the others; by the time it has been lost this long,
+/// every node that failed with it is judged lost too, and the storm guard sees them all.
+const LOSS_SETTLE_SECONDS: i64 = LEASE_RENEW_SECONDS + 1;
+
 /// What the operator thinks of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeHealth {
@@ -46,13 +61,15 @@ pub fn judge_node(
         };
     }
     let age = |t: Timestamp| now.as_second() - t.as_second();
-    // The Lease is the kubelet's heartbeat; it is renewed every 10 s on a live node.
+    // The Lease is the kubelet's heartbeat; it is renewed every 10 s on a live node. Ages
+    // are in whole seconds, as the controller's heartbeat check counts them, so that a node
+    // it reports silent is judged at the same age.
     let renewed = lease
         .and_then(|l| l.spec.as_ref())
         .and_then(|s| s.renew_time.as_ref())
         .map(|t| t.0);
     if let Some(renewed) = renewed {
-        if age(renewed) >= lost_after_seconds {
+        if age(renewed) >= lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) {
             return NodeHealth::Lost {
                 message: format!(
                     "node {name} has not renewed its lease for {} s",
@@ -82,6 +99,27 @@ pub fn judge_node(
         }
     }
     NodeHealth::Healthy
+}
+
+impl NodeHealth {
+    /// Seconds until a loss without evidence, judged with `lost_after_seconds` and told by
+    /// the verdict's `message`, has lasted long enough to be acted on; 0 when it has (see
+    /// LOSS_SETTLE_SECONDS).
+    pub fn settling_seconds(message: &str, lost_after_seconds: i64) -> i64 {
+        lost_for_seconds(message).map_or(0, |lost_for| {
+            (lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) + LOSS_SETTLE_SECONDS - lost_for).max(0)
+        })
+    }
+}
+
+/// How long a node has been silent (or not Ready), in whole seconds, read back from the
+/// message of a `Lost` verdict without evidence; None for a deleted or fenced node.
+fn lost_for_seconds(message: &str) -> Option<i64> {
+    let (_, rest) = message.split_once(" for ")?;
+    rest.strip_suffix(" s")
+        .or_else(|| rest.split_once(" s (").map(|(n, _)| n))?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -148,6 +186,56 @@ mod tests {
             NodeHealth::Healthy,
             "a hiccup below the threshold is not a loss"
         );
+    }
+
+    #[test]
+    fn live_node_about_to_renew_is_not_lost_even_with_the_least_threshold() {
+        // Renewed 10.01 s ago (11 s in whole seconds), its next renewal due any moment.
+        let renewed = Timestamp::from_millisecond(NOW * 1000 - 10_010).unwrap();
+        let late: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "namespace": "kube-node-lease"},
+            "spec": {"renewTime": renewed.to_string()}
+        }))
+        .unwrap();
+        let node = node("True", NOW - 1000, false);
+        for after in [10, 11, 12] {
+            let h = judge_node("n1", Some(&node), Some(&late), at(NOW), after);
+            assert_eq!(h, NodeHealth::Healthy, "nodeLostAfterSeconds {after}");
+        }
+        // A renewal missed: lost.
+        let h = judge_node("n1", Some(&node), Some(&lease(NOW - 12)), at(NOW), 10);
+        assert!(matches!(h, NodeHealth::Lost { fenced: false, .. }));
+    }
+
+    #[test]
+    fn a_loss_is_acted_on_one_renewal_interval_after_it_is_judged() {
+        let lost = |renewed: i64, after: i64| match judge_node(
+            "n1",
+            Some(&node("True", NOW - 1000, false)),
+            Some(&lease(renewed)),
+            at(NOW),
+            after,
+        ) {
+            NodeHealth::Lost { message, .. } => NodeHealth::settling_seconds(&message, after),
+            NodeHealth::Healthy => panic!("not lost"),
+        };
+        assert_eq!(lost(NOW - 12, 10), 11);
+        assert_eq!(lost(NOW - 22, 10), 1);
+        assert_eq!(lost(NOW - 23, 10), 0);
+        assert_eq!(lost(NOW - 30, 30), 11);
+        assert_eq!(lost(NOW - 100, 30), 0);
+        let not_ready = judge_node(
+            "n1",
+            Some(&node("False", NOW - 40, false)),
+            Some(&lease(NOW - 1)),
+            at(NOW),
+            30,
+        );
+        let NodeHealth::Lost { message, .. } = not_ready else {
+            panic!("not lost")
+        };
+        assert_eq!(NodeHealth::settling_seconds(&message, 30), 1, "{message}");
+        assert_eq!(NodeHealth::settling_seconds("node n1 was deleted", 30), 0);
     }
 
     #[test]

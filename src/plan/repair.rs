@@ -13,7 +13,7 @@ use super::Action;
 use crate::api::{
     condition, EscalationStep, Fencing, ReplicaStatus, ResilientService, VolumeLostPolicy,
 };
-use crate::health::{Assessment, PodState, PodView};
+use crate::health::{Assessment, NodeHealth, PodState, PodView};
 
 /// First delay between two repairs of a slot; it doubles with each repair in the window.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
@@ -120,13 +120,28 @@ pub(super) fn plan(
             ),
         });
     }
-    let in_repair = previous
+    // A slot whose repair is under way holds its share of the budget until it is Ready
+    // again, and may use it for the next step of the same repair: counting it against
+    // itself would leave it waiting for a free repair slot forever.
+    let in_repair: Vec<i32> = previous
         .replica_statuses
         .iter()
         .filter(|r| r.state == "Repairing")
-        .count();
+        .map(|r| r.ordinal)
+        .collect();
     let mut budget =
-        (svc.spec.repair.max_concurrent_repairs.max(1) as usize).saturating_sub(in_repair);
+        (svc.spec.repair.max_concurrent_repairs.max(1) as usize).saturating_sub(in_repair.len());
+    let mut take_budget = |slot: i32| {
+        if in_repair.contains(&slot) {
+            true
+        } else if budget > 0 {
+            budget -= 1;
+            true
+        } else {
+            false
+        }
+    };
+    let lost_after = i64::from(svc.spec.repair.node_lost_after_seconds);
 
     for slot in 0..replicas {
         let entry = previous.replica_statuses.iter().find(|r| r.ordinal == slot);
@@ -146,17 +161,33 @@ pub(super) fn plan(
                 unreachable!("matched above")
             };
             let node = pod.node.clone().unwrap_or_default();
+            // Whether this pass would act on the loss: force-delete the pod, or fence the node.
+            let acts =
+                !stateful || *fenced || svc.spec.repair.fencing == Fencing::TaintOutOfService;
+            // Seconds until a loss without evidence has lasted long enough to be acted on.
+            let settling = if *fenced {
+                0
+            } else {
+                NodeHealth::settling_seconds(message, lost_after)
+            };
             if mass_failure {
                 note.waiting_for = Some("fewer failures at once (MassFailureSuspected)".into());
+            } else if acts && settling > 0 {
+                note.waiting_for = Some(format!(
+                    "the loss of node {node} to settle: nodes failing together fall silent up to a lease renewal apart, and the storm guard must see them all first"
+                ));
+                wait(Duration::from_secs(settling as u64), &mut plan.requeue);
             } else if !stateful || *fenced {
-                if budget > 0 {
-                    budget -= 1;
+                if take_budget(slot) {
                     plan.actions.push(Action::ForceDeletePod {
                         name: pod.name.clone(),
                         reason: format!("NodeLost: {message}"),
                     });
                     note.repaired = true;
                     note.escalation = Some(EscalationStep::Reschedule);
+                    // Until the node lifecycle controller taints it, a lost node still looks
+                    // schedulable: the replacement must not land where nothing runs it.
+                    note.avoid_node = pod.node.clone();
                     rebuild_lost_claims(svc, seen, slot, &mut plan.actions, &mut note);
                 } else {
                     note.waiting_for = Some("a free repair slot (maxConcurrentRepairs)".into());
@@ -186,6 +217,19 @@ pub(super) fn plan(
 
         // A claim whose volume went with a node, while the slot has no pod to move.
         if pods.is_empty() {
+            // The pod was lost with its node and is gone since (force-deleted, by a person
+            // or by the pod garbage collector): its replacement avoids that node, also when
+            // this pass reads a status from before the repair that set avoidNode.
+            if let Some(e) = entry.filter(|e| {
+                e.state == "Waiting"
+                    && e.last_failure
+                        .as_ref()
+                        .is_some_and(|f| f.reason == "NodeLost")
+            }) {
+                if e.node.is_some() {
+                    note.avoid_node = e.node.clone();
+                }
+            }
             rebuild_lost_claims(svc, seen, slot, &mut plan.actions, &mut note);
         }
 
@@ -242,12 +286,11 @@ pub(super) fn plan(
                 continue;
             }
         }
-        if budget == 0 {
+        if !take_budget(slot) {
             note.waiting_for = Some("a free repair slot (maxConcurrentRepairs)".into());
             plan.notes.insert(slot, note);
             continue;
         }
-        budget -= 1;
         let what = format!("{reason}: {message}");
         plan.actions.push(Action::DeletePod {
             name: pod.name.clone(),

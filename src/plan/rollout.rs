@@ -442,11 +442,21 @@ pub(super) fn moves(svc: &ResilientService, seen: &Assessment, targets: &Targets
             .any(|p| live(p) && is_available(p, now, min_ready))
     };
     let mut available = by_slot.values().filter(|pods| slot_available(pods)).count() as i32;
+    // A slot without a live pod gets one from the slot planner, maybe in this very pass
+    // and before this pass's deletions are carried out: it counts against the ceiling now.
+    let vacant = (0..replicas)
+        .filter(|s| {
+            !by_slot
+                .get(s)
+                .is_some_and(|pods| pods.iter().any(|p| live(p)))
+        })
+        .count() as i32;
     let mut alive = seen
         .pods
         .iter()
         .filter(|p| p.state != PodState::Terminating)
-        .count() as i32;
+        .count() as i32
+        + vacant;
     let floor = replicas - max_unavailable;
     let mut actions = Vec::new();
 
@@ -504,9 +514,20 @@ pub(super) fn moves(svc: &ResilientService, seen: &Assessment, targets: &Targets
             }))
             .collect();
     }
+    // A pod of the revision being rolled out is being deleted: by a rollback the caches
+    // have not caught up with yet (the revision not yet seen marked failed), or by a
+    // person. No slot moves to that revision until it is gone.
+    let retreating = targets.target != targets.hold
+        && seen
+            .pods
+            .iter()
+            .any(|p| p.state == PodState::Terminating && p.revision == targets.target);
     candidates.sort_by_key(|(avail, slot, _)| (*avail, std::cmp::Reverse(*slot)));
     for (was_available, slot, old) in candidates {
         let target = targets.revision_for(slot);
+        if retreating && target == targets.target {
+            continue;
+        }
         if !was_available {
             // Already down: replacing it costs no availability.
             actions.push(Action::DeletePod {

@@ -562,9 +562,14 @@ mod repairs {
     use crate::api::{Fencing, ReplicaStatus, VolumeLostPolicy};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+    /// A pod on a node lost long enough ago (30 s threshold, 11 s to settle) to act on.
     fn lost(fenced: bool) -> PodState {
+        lost_for(41, fenced)
+    }
+
+    fn lost_for(seconds: i64, fenced: bool) -> PodState {
         PodState::OnLostNode {
-            message: "node node-1 has not renewed its lease for 31 s".into(),
+            message: format!("node node-1 has not renewed its lease for {seconds} s"),
             fenced,
         }
     }
@@ -604,13 +609,18 @@ mod repairs {
     }
 
     #[test]
-    fn stateless_replica_on_a_lost_node_is_force_deleted_at_once() {
+    fn stateless_replica_on_a_lost_node_is_force_deleted_and_its_replacement_avoids_the_node() {
         let svc = service(3, false);
         let mut seen = converged(&svc);
         seen.pods[1].state = lost(false);
         let p = plan(&svc, &seen);
         assert_eq!(kinds(&p.actions), vec!["ForceDeletePod"]);
         assert_eq!(p.status.replica_statuses[1].state, "Repairing");
+        assert_eq!(
+            p.status.replica_statuses[1].avoid_node.as_deref(),
+            Some("node-1"),
+            "a lost node looks schedulable until it is tainted"
+        );
         assert_eq!(
             p.status.replica_statuses[1]
                 .last_failure
@@ -754,6 +764,98 @@ mod repairs {
             Some("a free repair slot (maxConcurrentRepairs)")
         );
     }
+
+    #[test]
+    fn replacement_of_a_pod_lost_with_its_node_avoids_the_node_even_from_a_stale_status() {
+        // The status as it was before the pass that force-deleted the pod: waiting for the
+        // loss to settle, no avoidNode yet.
+        let mut svc = service(3, false);
+        svc.status = Some(crate::api::ResilientServiceStatus {
+            replica_statuses: vec![ReplicaStatus {
+                ordinal: 1,
+                node: Some("node-1".into()),
+                state: "Waiting".into(),
+                last_failure: Some(crate::api::Failure {
+                    reason: "NodeLost".into(),
+                    message: "node node-1 has not renewed its lease for 20 s".into(),
+                    at: Time(now()),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let mut seen = converged(&svc);
+        seen.pods.remove(1);
+        let p = plan(&svc, &seen);
+        assert_eq!(kinds(&p.actions), vec!["CreatePod"]);
+        assert_eq!(
+            p.status.replica_statuses[1].avoid_node.as_deref(),
+            Some("node-1")
+        );
+    }
+
+    #[test]
+    fn slot_under_repair_takes_its_next_step_within_its_own_share_of_the_budget() {
+        let mut svc = service(3, false);
+        svc.spec.supervision.max_restarts = 1;
+        svc.spec.repair.max_concurrent_repairs = 1;
+        with_repairs(&mut svc, 0, &[60]);
+        let status = svc.status.as_mut().unwrap();
+        status.replica_statuses[0].state = "Repairing".into();
+        let mut seen = converged(&svc);
+        seen.pods[0].state = crash();
+        seen.pods[1].state = crash();
+        let p = plan(&svc, &seen);
+        assert!(
+            matches!(&p.actions[..], [Action::DeletePod { name, reason }]
+                if name == &seen.pods[0].name && reason.starts_with("Reschedule")),
+            "slot 0 goes on with its repair; slot 1 waits: {:?}",
+            p.actions
+        );
+        assert_eq!(
+            p.status.replica_statuses[1].waiting_for.as_deref(),
+            Some("a free repair slot (maxConcurrentRepairs)")
+        );
+    }
+
+    #[test]
+    fn fresh_node_loss_settles_before_anything_moves_so_the_storm_guard_sees_nodes_failing_together(
+    ) {
+        let mut svc = service(4, false);
+        svc.spec.repair.node_lost_after_seconds = 10;
+        let mut seen = converged(&svc);
+        // Judged lost at 12 s (a renewal missed), acted on at 23 s.
+        seen.pods[0].state = lost_for(12, false);
+        let p = plan(&svc, &seen);
+        assert_eq!(
+            p.actions,
+            vec![],
+            "the first node of a storm may be alone yet"
+        );
+        assert!(
+            p.status.replica_statuses[0]
+                .waiting_for
+                .as_deref()
+                .is_some_and(|w| w.contains("settle")),
+            "{:?}",
+            p.status.replica_statuses[0]
+        );
+        assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(11)));
+        // Settled, with two more replicas' nodes lost meanwhile: the storm guard holds.
+        seen.pods[0].state = lost_for(23, false);
+        seen.pods[1].state = lost_for(14, false);
+        seen.pods[2].state = lost_for(13, false);
+        let p = plan(&svc, &seen);
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.status.reason.as_deref(), Some("MassFailureSuspected"));
+        // Settled and alone: repaired.
+        seen.pods[1] = ready_pod(&svc, 1, &revision_name(&svc));
+        seen.pods[2] = ready_pod(&svc, 2, &revision_name(&svc));
+        assert_eq!(kinds(&plan(&svc, &seen).actions), vec!["ForceDeletePod"]);
+        // Evidence needs no settling.
+        seen.pods[0].state = lost_for(12, true);
+        assert_eq!(kinds(&plan(&svc, &seen).actions), vec!["ForceDeletePod"]);
+    }
 }
 
 mod rollouts {
@@ -770,8 +872,7 @@ mod rollouts {
         let mut svc = service(replicas, false);
         let seen = converged(&svc);
         let old = revision_name(&svc);
-        svc.spec.template.spec.as_mut().unwrap().containers[0].image =
-            Some("example/app:2".into());
+        svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:2".into());
         let new = revision_name(&svc);
         let mut seen = seen;
         seen.revisions.push(RevisionView {
@@ -801,7 +902,13 @@ mod rollouts {
         }
     }
 
-    fn with_pod(seen: &mut Assessment, svc: &ResilientService, slot: i32, rev: &str, state: PodState) {
+    fn with_pod(
+        seen: &mut Assessment,
+        svc: &ResilientService,
+        slot: i32,
+        rev: &str,
+        state: PodState,
+    ) {
         seen.pods.push(PodView {
             state,
             ..ready_pod(svc, slot, rev)
@@ -868,7 +975,11 @@ mod rollouts {
             .iter()
             .filter(|a| matches!(a, Action::CreatePod { .. }))
             .count();
-        assert_eq!(creates, 0, "15 pods run: no room until one terminates: {:?}", p.actions);
+        assert_eq!(
+            creates, 0,
+            "15 pods run: no room until one terminates: {:?}",
+            p.actions
+        );
 
         seen.pods
             .iter_mut()
@@ -877,6 +988,26 @@ mod rollouts {
             .state = PodState::Terminating;
         let creates = creates_at(&plan(&svc, &seen), &new);
         assert_eq!(creates.len(), 1, "{creates:?}");
+    }
+
+    #[test]
+    fn a_slot_waiting_for_its_new_pod_counts_against_the_surge_ceiling() {
+        // Slots 7 and 8 were replaced in place; the slot planner refills them as soon as
+        // there is room, maybe in the same pass as deletions that make the room.
+        let (mut svc, mut seen, _old, new) = upgraded(12);
+        svc.spec.update.max_surge = IntOrString::Int(3);
+        svc.spec.update.max_unavailable = IntOrString::Int(2);
+        seen.pods.retain(|p| p.slot != 7 && p.slot != 8);
+        for slot in [11, 10, 9] {
+            with_pod(&mut seen, &svc, slot, &new, PodState::Starting);
+        }
+        let p = plan(&svc, &seen);
+        assert_eq!(
+            creates_at(&p, &new),
+            Vec::<i32>::new(),
+            "13 pods and 2 slots to refill make 15: no room to surge: {:?}",
+            p.actions
+        );
     }
 
     #[test]
@@ -894,7 +1025,10 @@ mod rollouts {
             vec![],
             "stopped where it is: the failing pod stays for a person to look at"
         );
-        assert_eq!(condition(&p, "Progressing"), Some(("False", "RolloutFailed")));
+        assert_eq!(
+            condition(&p, "Progressing"),
+            Some(("False", "RolloutFailed"))
+        );
         let waiting = p.status.rollout.as_ref().unwrap().waiting_for.clone();
         assert!(waiting.unwrap().starts_with("a person: "));
 
@@ -907,8 +1041,7 @@ mod rollouts {
         assert_eq!(p.actions, vec![]);
 
         // A new template starts a new rollout.
-        svc.spec.template.spec.as_mut().unwrap().containers[0].image =
-            Some("example/app:3".into());
+        svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:3".into());
         let newer = revision_name(&svc);
         seen.revisions.push(RevisionView {
             name: newer.clone(),
@@ -921,6 +1054,19 @@ mod rollouts {
     }
 
     #[test]
+    fn no_slot_moves_while_a_pod_of_the_new_revision_is_being_deleted() {
+        // The pass after a rollback deleted a failing pod may read caches that do not show
+        // the revision marked failed yet: it must not try the revision on another slot.
+        let (mut svc, mut seen, _old, new) = upgraded(3);
+        pass(&mut svc, &seen);
+        with_pod(&mut seen, &svc, 2, &new, PodState::Terminating);
+        let p = plan(&svc, &seen);
+        assert_eq!(creates_at(&p, &new), Vec::<i32>::new(), "{:?}", p.actions);
+        seen.pods.retain(|p| p.revision != new);
+        assert_eq!(creates_at(&plan(&svc, &seen), &new), vec![2]);
+    }
+
+    #[test]
     fn abort_rolls_back_under_the_manual_policy_too() {
         let (mut svc, mut seen, old, new) = upgraded(3);
         svc.spec.update.rollback = RollbackPolicy::Manual;
@@ -929,7 +1075,10 @@ mod rollouts {
         annotate(&mut svc, ANNOTATION_ABORT, "true");
         let p = pass(&mut svc, &seen);
         assert!(marked_bad(&p), "{:?}", p.actions);
-        assert_eq!(condition(&p, "RolledBack"), Some(("True", "RolloutAborted")));
+        assert_eq!(
+            condition(&p, "RolledBack"),
+            Some(("True", "RolloutAborted"))
+        );
         assert!(p.actions.contains(&Action::DeletePod {
             name: pod_name(&svc, 2, &new),
             reason: format!("replaced by {} at revision {old}", pod_name(&svc, 2, &old)),
@@ -1017,5 +1166,40 @@ mod rollouts {
         let p = pass(&mut svc, &at(700, &seen));
         assert!(!marked_bad(&p), "{:?}", p.actions);
         assert_eq!(creates_at(&p, &new), vec![1]);
+    }
+
+    proptest! {
+        /// The operator creates before it deletes, so a pass's creates land while its
+        /// deletions still run. Pods plus slots waiting for one never pass the surge
+        /// ceiling because of a pass (unless they were past it before).
+        #[test]
+        fn creates_landing_before_deletions_stay_within_the_surge_ceiling((svc, seen) in arb_case()) {
+            let mut seen = seen;
+            seen.pods.retain(|p| p.slot < svc.spec.replicas);
+            let replicas = svc.spec.replicas;
+            let live =
+                |p: &PodView| !matches!(p.state, PodState::Terminating | PodState::Failed { .. });
+            let taken = |s: &Assessment| {
+                let pods = s.pods.iter().filter(|p| live(p)).count();
+                let vacant = (0..replicas)
+                    .filter(|slot| !s.pods.iter().any(|p| p.slot == *slot && live(p)))
+                    .count();
+                pods + vacant
+            };
+            let creates: Vec<Action> = plan(&svc, &seen)
+                .actions
+                .into_iter()
+                .filter(|a| !matches!(a, Action::DeletePod { .. } | Action::ForceDeletePod { .. }))
+                .collect();
+            let landed = apply(&svc, &seen, &creates);
+            let surge = resolve(&svc.spec.update.max_surge, replicas, true) as usize;
+            prop_assert!(
+                taken(&landed) <= (replicas as usize + surge).max(taken(&seen)),
+                "{} -> {}: {:?}",
+                taken(&seen),
+                taken(&landed),
+                creates
+            );
+        }
     }
 }

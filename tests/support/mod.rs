@@ -357,3 +357,75 @@ pub fn operator_writes(namespace: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The Helm the harness built, matching the cluster's version.
+pub fn helm_bin() -> PathBuf {
+    let dirs = harness(&["--print-dirs"], "build");
+    let helm_dir = dirs
+        .lines()
+        .find(|l| l.contains("/helm-"))
+        .expect("build --print-dirs lists Helm");
+    Path::new(helm_dir.trim()).join("helm")
+}
+
+/// Runs helm against the local cluster as the admin; returns (success, stdout, stderr).
+pub fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm_bin())
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run helm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a kubeconfig that authenticates as the harness's admin but acts as `user`
+/// (the kubeconfig's `as:` impersonation), readable by its owner only.
+pub fn write_impersonating_kubeconfig(user: &str, path: &Path) {
+    let mut kubeconfig =
+        Kubeconfig::read_from(kubeconfig_path()).expect("read the admin kubeconfig");
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_string());
+        }
+    }
+    let text = serde_yaml::to_string(&kubeconfig).expect("serialize the kubeconfig");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create the kubeconfig's directory");
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).expect("create the kubeconfig");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write the kubeconfig");
+}
+
+impl Operator {
+    /// An operator for `namespace` that connects with `kubeconfig` rather than the
+    /// operator's own identity, with extra arguments.
+    pub fn start_with_kubeconfig(namespace: &str, kubeconfig: &Path, extra: &[&str]) -> Self {
+        let dir = repo_root().join("target/operator-logs");
+        std::fs::create_dir_all(&dir).expect("create the operator log directory");
+        let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
+        let out = std::fs::File::create(&log).expect("create the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_perennial"))
+            .args(["run", "--namespaces", namespace])
+            .args(extra)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("PERENNIAL_TEST_LOG")
+                    .unwrap_or_else(|_| "info,perennial=debug".into()),
+            )
+            .stdout(out.try_clone().expect("clone the log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("start the operator");
+        Self { child, log }
+    }
+}
