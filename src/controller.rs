@@ -204,7 +204,10 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
                 Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
             }
         });
-    futures::join!(ready, run);
+    // Shutdown must not wait for caches that never sync (an unreachable API server).
+    let ready = tokio::spawn(ready);
+    run.await;
+    ready.abort();
 }
 
 /// How often node heartbeats are checked, and the silence after which a node is suspect

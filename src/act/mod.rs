@@ -279,22 +279,33 @@ async fn write_status(
     plan: &Plan,
 ) -> Result<(), Error> {
     let api: Api<ResilientService> = Api::namespaced(client.clone(), ns);
+    // The resource version makes the write conditional: the status carries the failure
+    // ledger, and a pass planned from an older copy must not overwrite a newer ledger.
     let body = serde_json::json!({
         "apiVersion": ResilientService::api_version(&()),
         "kind": ResilientService::kind(&()),
+        "metadata": {"resourceVersion": svc.metadata.resource_version},
         "status": plan.status,
     });
-    api.patch_status(
-        &svc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error {
-        what: format!("write the status of {}", svc.name_any()),
-        source,
-    })
+    let written = api
+        .patch_status(
+            &svc.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await;
+    match written {
+        Ok(_) => Ok(()),
+        // The newer copy is on its way through the watch and gets a pass of its own.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
+            Ok(())
+        }
+        Err(source) => Err(Error {
+            what: format!("write the status of {}", svc.name_any()),
+            source,
+        }),
+    }
 }
 
 /// Adds the out-of-service taint to a lost node, keeping its other taints.

@@ -481,7 +481,10 @@ pub enum EscalationStep {
 #[serde(rename_all = "camelCase")]
 pub struct Repair {
     /// Seconds without a renewed node Lease (or with Ready not True) after which a node
-    /// counts as lost. The floor of 10 keeps a network hiccup from triggering repairs.
+    /// counts as lost. The floor of 10 keeps a network hiccup from triggering repairs. A
+    /// Lease is renewed every 10 s, so a silence counts from 12 s at the least; a loss
+    /// without evidence (deletion or the out-of-service taint) is acted on 11 s later still,
+    /// once nodes that failed together are all seen lost, so that the storm guard counts them.
     #[serde(default = "default_node_lost_after")]
     #[schemars(range(min = 10, max = 3600))]
     pub node_lost_after_seconds: i32,

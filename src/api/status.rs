@@ -113,8 +113,12 @@ pub struct Failure {
     pub reason: String,
     /// What was seen, for a person.
     pub message: String,
-    /// When it was seen.
+    /// When it was first seen.
     pub at: Time,
+    /// When the slot was seen healthy again; the entry is cleared a quiet supervision
+    /// period after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<Time>,
 }
 
 /// Where a rollout stands.

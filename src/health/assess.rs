@@ -7,6 +7,7 @@ use kube::ResourceExt;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 
+use super::node::seconds_until_lost;
 use super::{judge_node, judge_pod, NodeHealth, PodState};
 use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, LABEL_REVISION, LABEL_SLOT};
 use crate::build;
@@ -73,6 +74,9 @@ pub struct Assessment {
     /// infrastructure rather than at the nodes.
     pub nodes_total: usize,
     pub nodes_lost: usize,
+    /// Seconds until a node hosting one of our pods, silent or unready but not lost yet,
+    /// would be judged lost: the planner looks again then, since a dead node sends no event.
+    pub node_recheck_seconds: Option<i64>,
 }
 
 /// Judges everything observed for `svc` at `now`.
@@ -191,8 +195,23 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         .keys()
         .filter(|n| node_health(n) != NodeHealth::Healthy)
         .count();
+    let node_recheck_seconds = pods
+        .iter()
+        .filter_map(|p| p.node.as_deref())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|name| {
+            seconds_until_lost(
+                observed.nodes.get(name).map(|n| n.as_ref()),
+                observed.leases.get(name).map(|l| l.as_ref()),
+                now,
+                lost_after,
+            )
+        })
+        .min();
     Assessment {
         now,
+        node_recheck_seconds,
         nodes_total,
         nodes_lost,
         pods,

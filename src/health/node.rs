@@ -101,6 +101,38 @@ pub fn judge_node(
     NodeHealth::Healthy
 }
 
+/// Seconds until a node that looks unwell but is not lost yet would be judged lost, if
+/// nothing changes: a dead node sends no event, so the planner rechecks it then. None for a
+/// node that renews its lease and is Ready (or is already lost).
+pub fn seconds_until_lost(
+    node: Option<&Node>,
+    lease: Option<&Lease>,
+    now: Timestamp,
+    lost_after_seconds: i64,
+) -> Option<i64> {
+    let node = node?;
+    let age = |t: Timestamp| now.as_second() - t.as_second();
+    let by_lease = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| age(t.0))
+        .filter(|&a| a >= LEASE_RENEW_SECONDS)
+        .map(|a| lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) - a);
+    let by_ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status != "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| lost_after_seconds - age(t.0));
+    [by_lease, by_ready]
+        .into_iter()
+        .flatten()
+        .filter(|&s| s > 0)
+        .min()
+}
+
 impl NodeHealth {
     /// Seconds until a loss without evidence, judged with `lost_after_seconds` and told by
     /// the verdict's `message`, has lasted long enough to be acted on; 0 when it has (see
@@ -264,5 +296,25 @@ mod tests {
             30,
         );
         assert!(matches!(h, NodeHealth::Lost { fenced: true, .. }));
+    }
+
+    #[test]
+    fn silent_node_not_yet_lost_is_rechecked_when_it_would_be() {
+        let node = node("True", NOW - 1000, false);
+        let fresh = seconds_until_lost(Some(&node), Some(&lease(NOW - 3)), at(NOW), 30);
+        assert_eq!(fresh, None, "a node that renews on time needs no recheck");
+        let silent = seconds_until_lost(Some(&node), Some(&lease(NOW - 11)), at(NOW), 30);
+        assert_eq!(silent, Some(19));
+        let floor = seconds_until_lost(Some(&node), Some(&lease(NOW - 10)), at(NOW), 10);
+        assert_eq!(floor, Some(2), "the floor of 12 s applies");
+        let lost = seconds_until_lost(Some(&node), Some(&lease(NOW - 40)), at(NOW), 30);
+        assert_eq!(lost, None, "a lost node is judged, not rechecked");
+        let unready = node_unready_since(NOW - 4);
+        let h = seconds_until_lost(Some(&unready), Some(&lease(NOW - 1)), at(NOW), 30);
+        assert_eq!(h, Some(26));
+    }
+
+    fn node_unready_since(since: i64) -> Node {
+        node("False", since, false)
     }
 }

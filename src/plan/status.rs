@@ -75,6 +75,10 @@ pub(super) fn compute(
     if let Some(r) = rollout.requeue {
         requeue = Some(requeue.map_or(r, |q| q.min(r)));
     }
+    if let Some(s) = seen.node_recheck_seconds {
+        let r = Duration::from_secs(s.max(1) as u64);
+        requeue = Some(requeue.map_or(r, |q| q.min(r)));
+    }
 
     let max_unavailable = resolve(&svc.spec.update.max_unavailable, desired, false);
     let min_available = (desired - max_unavailable).max(0);
@@ -273,7 +277,7 @@ fn ledger(
                 Some((reason, message)) => {
                     let prior = before.and_then(|b| b.last_failure.as_ref());
                     Some(match prior {
-                        Some(f) if f.reason == reason => Failure {
+                        Some(f) if f.reason == reason && f.recovered_at.is_none() => Failure {
                             message: message.to_string(),
                             ..f.clone()
                         },
@@ -281,23 +285,36 @@ fn ledger(
                             reason: reason.to_string(),
                             message: message.to_string(),
                             at: Time(seen.now),
+                            recovered_at: None,
                         },
                     })
                 }
-                None => before.and_then(|b| b.last_failure.clone()).filter(|f| {
-                    // Cleared once a whole quiet period has passed.
-                    let quiet_until =
-                        f.at.0
+                None => before
+                    .and_then(|b| b.last_failure.clone())
+                    .map(|mut f| {
+                        // A failure that lasted longer than the period still gets a whole quiet
+                        // period after the slot recovered.
+                        if pod.is_some_and(|p| p.state.is_ready()) {
+                            f.recovered_at.get_or_insert(Time(seen.now));
+                        }
+                        f
+                    })
+                    .filter(|f| {
+                        // Cleared once a whole quiet period has passed since the recovery.
+                        let Some(recovered) = f.recovered_at.as_ref().map(|t| t.0) else {
+                            return true;
+                        };
+                        let quiet_until = recovered
                             .as_second()
                             .max(recent.last().map_or(0, |t| t.0.as_second()))
                             + period;
-                    let left = quiet_until - seen.now.as_second();
-                    if left > 0 {
-                        let d = Duration::from_secs(left as u64);
-                        *requeue = Some(requeue.map_or(d, |r| r.min(d)));
-                    }
-                    left > 0
-                }),
+                        let left = quiet_until - seen.now.as_second();
+                        if left > 0 {
+                            let d = Duration::from_secs(left as u64);
+                            *requeue = Some(requeue.map_or(d, |r| r.min(d)));
+                        }
+                        left > 0
+                    }),
             };
             let ready = pod.is_some_and(|p| p.state.is_ready());
             let state = if note.quarantined {

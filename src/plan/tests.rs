@@ -76,6 +76,7 @@ fn converged(svc: &ResilientService) -> Assessment {
             .collect(),
         nodes_total: 3,
         nodes_lost: 0,
+        node_recheck_seconds: None,
     }
 }
 
@@ -779,6 +780,7 @@ mod repairs {
                     reason: "NodeLost".into(),
                     message: "node node-1 has not renewed its lease for 20 s".into(),
                     at: Time(now()),
+                    recovered_at: None,
                 }),
                 ..Default::default()
             }],
@@ -791,6 +793,60 @@ mod repairs {
         assert_eq!(
             p.status.replica_statuses[1].avoid_node.as_deref(),
             Some("node-1")
+        );
+    }
+
+    #[test]
+    fn a_silent_node_not_yet_lost_brings_the_service_back_when_it_would_be() {
+        let svc = service(3, false);
+        let mut seen = converged(&svc);
+        seen.node_recheck_seconds = Some(3);
+        let p = plan(&svc, &seen);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_long_failure_stays_in_the_ledger_for_a_whole_quiet_period_after_recovery() {
+        let mut svc = service(3, false);
+        let period = i64::from(svc.spec.supervision.period_seconds);
+        let failed_long_ago = Timestamp::from_second(now().as_second() - 10 * period).unwrap();
+        let entry = |recovered_at: Option<Time>| ReplicaStatus {
+            ordinal: 0,
+            state: "Failing".into(),
+            last_failure: Some(crate::api::Failure {
+                reason: "CrashLoopBackOff".into(),
+                message: "back-off restarting".into(),
+                at: Time(failed_long_ago),
+                recovered_at,
+            }),
+            ..Default::default()
+        };
+        svc.status = Some(crate::api::ResilientServiceStatus {
+            replica_statuses: vec![entry(None)],
+            ..Default::default()
+        });
+        let seen = converged(&svc);
+        let p = plan(&svc, &seen);
+        let kept = p.status.replica_statuses[0].last_failure.as_ref();
+        assert_eq!(
+            kept.and_then(|f| f.recovered_at.as_ref()),
+            Some(&Time(now())),
+            "the recovery is recorded and the entry kept"
+        );
+        assert!(p
+            .requeue_after
+            .is_some_and(|d| d.as_secs() as i64 <= period));
+
+        let long_recovered = Timestamp::from_second(now().as_second() - period - 1).unwrap();
+        svc.status = Some(crate::api::ResilientServiceStatus {
+            replica_statuses: vec![entry(Some(Time(long_recovered)))],
+            ..Default::default()
+        });
+        let p = plan(&svc, &seen);
+        assert_eq!(
+            p.status.replica_statuses[0].last_failure, None,
+            "cleared a quiet period after the recovery"
         );
     }
 
