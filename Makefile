@@ -4,6 +4,7 @@ CLUSTER := e2e/cluster
 LOCAL_KUBECONFIG := $(CURDIR)/e2e/.cluster/kubeconfig
 CRD_FILE := crds/perennial.dev_resilientservices.yaml
 CHART_CRD_FILE := charts/perennial/crds/perennial.dev_resilientservices.yaml
+REFERENCE_FILE := docs/reference.md
 
 .PHONY: help build cluster cluster-down cluster-status crds lint test demo bench chaos
 
@@ -22,9 +23,10 @@ cluster-down: ## stop every process of the local control plane
 cluster-status: ## say what runs
 	$(CLUSTER)/status
 
-crds: ## regenerate the CRD YAML from the Rust types
+crds: ## regenerate the CRD YAML and docs/reference.md from the Rust types
 	cargo run -q --bin perennial -- crd > $(CRD_FILE)
 	cp $(CRD_FILE) $(CHART_CRD_FILE)
+	cargo run -q --bin perennial -- crd --reference > $(REFERENCE_FILE)
 
 lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
@@ -42,8 +44,8 @@ test: cluster ## the whole suite: unit, property and integration tests on the lo
 demo: ## start the control plane, run the operator and a sample service, show its status
 	e2e/demo
 
-bench: cluster ## benchmarks side by side with the built-in controllers (BENCH_TRIALS=200)
-	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) cargo test --release --test bench -- --ignored --nocapture --test-threads=1
+bench: cluster ## benchmarks side by side with the built-in controllers (BENCH_TRIALS, BENCH_SCALE_SERVICES, ...)
+	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) PERENNIAL_TEST_LOG=$${PERENNIAL_TEST_LOG:-info} cargo test --release --test bench -- --ignored --nocapture --test-threads=1
 
 chaos: ## a chaos soak on the local control plane
 	@echo "make chaos: not yet"

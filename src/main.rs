@@ -12,7 +12,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the ResilientService CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the field reference generated from it instead, as Markdown.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Run the operator.
     Run(controller::RunArgs),
 }
@@ -20,8 +24,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Command::Crd => {
-            print!("{}", perennial::api::crd_yaml());
+        Command::Crd { reference } => {
+            if reference {
+                print!("{}", perennial::api::crd_reference());
+            } else {
+                print!("{}", perennial::api::crd_yaml());
+            }
             std::process::ExitCode::SUCCESS
         }
         Command::Run(args) => {

@@ -6,7 +6,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use perennial::api::ResilientService;
@@ -14,97 +13,6 @@ use serde_json::json;
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// An operator taking part in leader election on the test's own lease.
-fn elector(ns: &str, lease: &str) -> Operator {
-    Operator::start_with(
-        ns,
-        &[
-            "--leader-elect=true",
-            "--lease-namespace",
-            ns,
-            "--lease-name",
-            lease,
-            "--lease-duration-seconds",
-            "6",
-            "--lease-renew-seconds",
-            "2",
-            "--lease-renew-deadline-seconds",
-            "4",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-    )
-}
-
-/// The address an operator serves metrics on, from its log.
-async fn metrics_addr(op: &Operator) -> String {
-    wait_for(
-        "the operator to log its metrics address",
-        TIMEOUT,
-        || async {
-            let log = std::fs::read_to_string(&op.log).unwrap_or_default();
-            let plain: String = strip_ansi(&log);
-            plain
-                .lines()
-                .find(|l| l.contains("serving /metrics"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
-                .ok_or_else(|| "not yet".to_string())
-        },
-    )
-    .await
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body
-}
-
-/// The value of a metric line that starts with `prefix` (name and labels).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn holder(ns: &TestNamespace, lease: &str) -> Option<String> {
-    let leases: Api<Lease> = ns.api();
-    leases
-        .get_opt(lease)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
-}
 
 fn web(replicas: i32) -> ResilientService {
     serde_json::from_value(json!({

@@ -3,6 +3,7 @@
 //! Types, defaults and admission rules (OpenAPI + CEL) live here; nothing in this module
 //! talks to a server. The CRD YAML in `crds/` is generated from these types.
 
+pub mod reference;
 mod spec;
 mod status;
 #[cfg(test)]
@@ -42,4 +43,11 @@ pub fn crd_yaml() -> String {
     let crd = ResilientService::crd();
     let body = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
     format!("# Generated from the Rust types by `make crds`; do not edit.\n{body}")
+}
+
+/// The field reference of `ResilientService` as Markdown, as `make crds` writes it to
+/// `docs/reference.md`.
+pub fn crd_reference() -> String {
+    use kube::CustomResourceExt;
+    reference::markdown(&ResilientService::crd())
 }

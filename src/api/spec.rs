@@ -414,7 +414,9 @@ pub struct Pause {
 }
 
 /// Restart intensity, as an Erlang/OTP supervisor counts it: at most `maxRestarts` repairs
-/// in `periodSeconds`; past that, the next step of `escalation`.
+/// in `periodSeconds`; past that, the next step of `escalation`. Repairs of one slot back
+/// off exponentially from 5 s, capped so that a persistent failure climbs the whole ladder
+/// within one window.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Supervision {
@@ -424,7 +426,8 @@ pub struct Supervision {
     pub max_restarts: i32,
 
     /// The sliding window, in seconds, over which repairs are counted. A quiet window
-    /// resets the ladder.
+    /// resets the ladder. Repairs of one slot back off exponentially from 5 s, capped so
+    /// that a persistent failure climbs the whole ladder within one window.
     #[serde(default = "default_period")]
     #[schemars(range(min = 10, max = 86400))]
     pub period_seconds: i32,

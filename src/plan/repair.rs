@@ -271,12 +271,17 @@ pub(super) fn plan(
             plan.notes.insert(slot, note);
             continue;
         }
-        // Exponential backoff between repairs of one slot: never a hot loop.
+        // Exponential backoff between repairs of one slot: never a hot loop. It is capped so
+        // that a failure that persists climbs the whole ladder within one window; an uncapped
+        // backoff would spread the repairs too thin for the window ever to count enough.
         if let Some(last) = recent.last() {
             let n = recent.len().min(16) as u32;
+            let rungs = (max_restarts * ladder.len().max(1)) as u64;
+            let fits = Duration::from_secs((period as u64 / (rungs + 1)).max(1));
             let delay = BACKOFF_FIRST
                 .saturating_mul(2u32.saturating_pow(n - 1))
-                .min(BACKOFF_MAX);
+                .min(BACKOFF_MAX)
+                .min(fits);
             let due = last.as_second() + delay.as_secs() as i64;
             if now.as_second() < due {
                 let left = Duration::from_secs((due - now.as_second()) as u64);

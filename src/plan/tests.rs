@@ -723,6 +723,48 @@ mod repairs {
     }
 
     #[test]
+    fn a_persistent_crash_loop_reaches_quarantine_with_the_default_supervision() {
+        // Replays the passes the controller would make, at the times the plan asks for,
+        // while slot 0's pod keeps crash-looping: the backoff must leave room for the
+        // window to count enough repairs for every rung.
+        let mut svc = service(3, false);
+        let period = i64::from(svc.spec.supervision.period_seconds);
+        let mut t = now();
+        let mut steps = Vec::new();
+        for _ in 0..500 {
+            let mut seen = converged(&svc);
+            seen.now = t;
+            seen.pods[0].state = crash();
+            let p = plan(&svc, &seen);
+            for a in &p.actions {
+                if let Action::DeletePod { reason, .. } = a {
+                    let step = reason.split(' ').next().unwrap_or_default().to_string();
+                    if steps.last() != Some(&step) {
+                        steps.push(step);
+                    }
+                }
+            }
+            let quarantined = p.status.replica_statuses[0].state == "Quarantined";
+            svc.status = Some(p.status.clone());
+            if quarantined {
+                break;
+            }
+            // After a repair the pod's own events bring the next pass; say a second later.
+            let wait = p.requeue_after.unwrap_or(Duration::from_secs(1));
+            assert!(wait >= Duration::from_secs(1), "never a hot loop");
+            t = Timestamp::from_second(t.as_second() + wait.as_secs() as i64).unwrap();
+        }
+        let took = t.as_second() - now().as_second();
+        assert_eq!(
+            svc.status.as_ref().unwrap().replica_statuses[0].state,
+            "Quarantined",
+            "steps taken: {steps:?}"
+        );
+        assert_eq!(steps, vec!["Restart", "Reschedule"]);
+        assert!(took <= period, "quarantined after {took} s");
+    }
+
+    #[test]
     fn repairs_back_off_exponentially_and_the_window_slides() {
         let mut svc = service(3, false);
         with_repairs(&mut svc, 0, &[3]);

@@ -14,6 +14,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, CustomResourceExt};
 use tokio::sync::OnceCell;
 
+mod leadership;
+#[allow(unused_imports)] // each test binary uses its own part
+pub use leadership::*;
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -345,6 +349,10 @@ pub fn operator_writes(namespace: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|e| e["user"]["username"] == "perennial-operator")
+        .filter(|e| {
+            let verb = e["verb"].as_str().unwrap_or_default();
+            ["create", "update", "patch", "delete", "deletecollection"].contains(&verb)
+        })
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .filter(|e| e["stage"] == "ResponseComplete")
         .map(|e| {

@@ -1,9 +1,14 @@
 //! Benchmarks on the local control plane, Perennial side by side with the built-in
 //! controllers measured in the same run. Not part of `make test`: `make bench` runs them
-//! (`cargo test --release --test bench -- --ignored --nocapture`), prints a table and writes
-//! JSON to bench-results/.
+//! (`cargo test --release --test bench -- --ignored --nocapture --test-threads=1`), prints a
+//! table per scenario and writes JSON to bench-results/.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod failover;
+mod rolling_update;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,0 +1,339 @@
+//! Scenario 4: many services at once. BENCH_SCALE_SERVICES ResilientServices (default 1000)
+//! of BENCH_SCALE_REPLICAS replicas (default 10) on enough KWOK nodes: time until all are
+//! Available, the operator's peak RSS and CPU seconds, its API requests by verb (from the API
+//! server's audit log), its writes during a steady-state window, and its reconcile latency
+//! (from its own histogram). The same number of Deployments is measured after, against the
+//! controller manager's deployment and replicaset controllers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use perennial::api::ResilientService;
+use serde_json::json;
+
+use super::support::*;
+use super::{write_results, Kind};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident set now and at its peak, and CPU seconds used, of a process, from /proc.
+fn process_figures(pid: u32) -> (f64, f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0, cpu)
+}
+
+fn audit_len() -> u64 {
+    std::fs::metadata(audit_log()).map(|m| m.len()).unwrap_or(0)
+}
+
+fn audit_log() -> std::path::PathBuf {
+    kubeconfig_path()
+        .parent()
+        .expect("the cluster directory")
+        .join("logs/audit.log")
+}
+
+/// Requests by verb that `users` made between two offsets of the audit log.
+fn requests_by_verb(users: &[&str], from: u64, to: u64) -> BTreeMap<String, u64> {
+    let bytes = std::fs::read(audit_log()).unwrap_or_default();
+    let (from, to) = (from as usize, (to as usize).min(bytes.len()));
+    let text = String::from_utf8_lossy(bytes.get(from.min(to)..to).unwrap_or_default());
+    let mut verbs = BTreeMap::new();
+    for e in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let user = e["user"]["username"].as_str().unwrap_or_default();
+        let verb = e["verb"].as_str().unwrap_or_default();
+        // A watch is counted when it starts; every other request when it completes.
+        let counted = if verb == "watch" {
+            e["stage"] == "ResponseStarted"
+        } else {
+            e["stage"] == "ResponseComplete"
+        };
+        if counted && users.contains(&user) {
+            *verbs.entry(verb.to_string()).or_default() += 1;
+        }
+    }
+    verbs
+}
+
+fn writes(verbs: &BTreeMap<String, u64>) -> u64 {
+    ["create", "update", "patch", "delete", "deletecollection"]
+        .iter()
+        .map(|v| verbs.get(*v).copied().unwrap_or(0))
+        .sum()
+}
+
+/// The p-quantile of a Prometheus histogram, as the upper bound of the bucket it falls in.
+fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= p * total)
+        .map(|(le, _)| *le)
+}
+
+async fn all_available(ns: &TestNamespace, kind: Kind, services: usize, replicas: i32) {
+    wait_for(
+        &format!("{services} {} Available", kind.label()),
+        Duration::from_secs(env_or("BENCH_SCALE_TIMEOUT", 3600)),
+        || async {
+            let available = match kind {
+                Kind::Perennial => ns
+                    .api::<ResilientService>()
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .iter()
+                    .filter(|s| {
+                        let st = s.status.clone().unwrap_or_default();
+                        st.available_replicas == replicas
+                            && st
+                                .conditions
+                                .iter()
+                                .any(|c| c.type_ == "Available" && c.status == "True")
+                    })
+                    .count(),
+                _ => ns
+                    .api::<Deployment>()
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .iter()
+                    .filter(|d| {
+                        d.status.as_ref().and_then(|s| s.available_replicas) == Some(replicas)
+                    })
+                    .count(),
+            };
+            (available == services)
+                .then_some(())
+                .ok_or(format!("{available} Available"))
+        },
+    )
+    .await;
+}
+
+async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: i32, group: &str) {
+    let template = json!({
+        "metadata": {"labels": {"app": "scale"}},
+        "spec": {
+            "containers": [{"name": "app", "image": "example/app:1"}],
+            "nodeSelector": {"bench-group": group},
+            "tolerations": [{"key": "perennial.dev/test-node", "operator": "Exists", "effect": "NoSchedule"}]
+        }
+    });
+    stream::iter(0..services)
+        .for_each_concurrent(16, |i| {
+            let template = template.clone();
+            async move {
+                let name = format!("s{i:04}");
+                let mut template = template;
+                template["metadata"]["labels"]["app"] = json!(name);
+                let pp = PostParams::default();
+                match kind {
+                    Kind::Perennial => {
+                        let svc: ResilientService = serde_json::from_value(json!({
+                            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+                            "metadata": {"name": name},
+                            "spec": {"replicas": replicas, "template": template}
+                        }))
+                        .unwrap();
+                        ns.api::<ResilientService>().create(&pp, &svc).await.unwrap();
+                    }
+                    _ => {
+                        let d: Deployment = serde_json::from_value(json!({
+                            "metadata": {"name": name},
+                            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template}
+                        }))
+                        .unwrap();
+                        ns.api::<Deployment>().create(&pp, &d).await.unwrap();
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+async fn wait_no_pods(ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client().await, ns);
+    wait_for(
+        "the namespace's pods to be gone",
+        Duration::from_secs(1800),
+        || async {
+            let n = pods
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0);
+            (n == 0).then_some(()).ok_or(format!("{n} pods left"))
+        },
+    )
+    .await;
+}
+
+fn controller_manager_pid() -> Option<u32> {
+    let path = kubeconfig_path()
+        .parent()?
+        .join("pids/kube-controller-manager.pid");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[tokio::test]
+#[ignore = "a benchmark: run with make bench"]
+async fn bench_scale_many_services() {
+    let services = env_or("BENCH_SCALE_SERVICES", 1000) as usize;
+    let replicas = env_or("BENCH_SCALE_REPLICAS", 10) as i32;
+    let steady = Duration::from_secs(env_or("BENCH_STEADY_SECONDS", 120));
+    let client = client().await;
+    let group = format!("scale-{}", unique_suffix());
+    let pods_total = services * replicas as usize;
+    let node_count = pods_total.div_ceil(100).max(1);
+    let mut nodes = Vec::new();
+    for i in 0..node_count {
+        let zone = ["zone-a", "zone-b", "zone-c"][i % 3];
+        let node = TestNode::new(&client, "bench-scale", zone).await;
+        kubectl(&["label", "node", &node.name, &format!("bench-group={group}")]);
+        nodes.push(node);
+    }
+    let mut rows = Vec::new();
+    println!("\nScale: {services} services x {replicas} replicas = {pods_total} pods on {node_count} nodes");
+
+    // Perennial.
+    let ns = TestNamespace::new("bench-scale").await;
+    install_crd(&ns.client).await;
+    let op = Operator::start(&ns.name);
+    let addr = metrics_addr(&op).await;
+    let (_, _, cpu0) = process_figures(op.child.id());
+    let a0 = audit_len();
+    let t0 = Instant::now();
+    create_many(&ns, Kind::Perennial, services, replicas, &group).await;
+    all_available(&ns, Kind::Perennial, services, replicas).await;
+    let converged = t0.elapsed();
+    let a1 = audit_len();
+    let (_, _, cpu1) = process_figures(op.child.id());
+    tokio::time::sleep(steady).await; // a measuring window, not a wait for a condition
+    let a2 = audit_len();
+    let (rss, peak, cpu2) = process_figures(op.child.id());
+    let text = scrape(&addr).await;
+    let p50 = histogram_quantile(&text, "perennial_reconcile_seconds", 0.5);
+    let p99 = histogram_quantile(&text, "perennial_reconcile_seconds", 0.99);
+    let ours = ["perennial-operator"];
+    let by_verb = requests_by_verb(&ours, a0, a1);
+    let steady_writes = writes(&requests_by_verb(&ours, a1, a2));
+    rows.push(json!({
+        "controller": "perennial", "services": services, "replicas": replicas,
+        "all_available_seconds": converged.as_secs_f64(),
+        "rss_mib": rss, "peak_rss_mib": peak, "cpu_seconds_converging": cpu1 - cpu0,
+        "cpu_seconds_steady": cpu2 - cpu1, "requests_by_verb": by_verb,
+        "steady_writes": steady_writes, "steady_seconds": steady.as_secs(),
+        "reconcile_p50_s_upper_bound": p50, "reconcile_p99_s_upper_bound": p99,
+        "peak_rss_kib_per_pod": peak * 1024.0 / pods_total as f64,
+    }));
+    let ns_name = ns.name.clone();
+    drop(op);
+    drop(ns);
+    wait_no_pods(&ns_name).await;
+
+    // The built-in deployment and replicaset controllers, inside the controller manager.
+    let ns = TestNamespace::new("bench-scale").await;
+    let kcm = controller_manager_pid();
+    let (_, _, kcpu0) = kcm.map(process_figures).unwrap_or_default();
+    let a0 = audit_len();
+    let t0 = Instant::now();
+    create_many(&ns, Kind::Deployment, services, replicas, &group).await;
+    all_available(&ns, Kind::Deployment, services, replicas).await;
+    let converged = t0.elapsed();
+    let a1 = audit_len();
+    let (_, _, kcpu1) = kcm.map(process_figures).unwrap_or_default();
+    tokio::time::sleep(steady).await; // a measuring window, not a wait for a condition
+    let a2 = audit_len();
+    let (krss, _, _) = kcm.map(process_figures).unwrap_or_default();
+    let theirs = [
+        "system:serviceaccount:kube-system:deployment-controller",
+        "system:serviceaccount:kube-system:replicaset-controller",
+    ];
+    let by_verb_builtin = requests_by_verb(&theirs, a0, a1);
+    let steady_builtin = writes(&requests_by_verb(&theirs, a1, a2));
+    rows.push(json!({
+        "controller": "deployment", "services": services, "replicas": replicas,
+        "all_available_seconds": converged.as_secs_f64(),
+        "controller_manager_rss_mib": krss, "controller_manager_cpu_seconds_converging": kcpu1 - kcpu0,
+        "requests_by_verb": by_verb_builtin, "steady_writes": steady_builtin,
+        "steady_seconds": steady.as_secs(),
+    }));
+    let ns_name = ns.name.clone();
+    drop(ns);
+    wait_no_pods(&ns_name).await;
+
+    for r in &rows {
+        println!("{}", serde_json::to_string(r).unwrap());
+    }
+    println!(
+        "{:<12} {:>14} {:>12} {:>12} {:>14}",
+        "controller", "all Available", "RSS MiB", "CPU s", "steady writes"
+    );
+    println!(
+        "{:<12} {:>13.1}s {:>12.1} {:>12.1} {:>14}",
+        "perennial",
+        rows[0]["all_available_seconds"].as_f64().unwrap_or(0.0),
+        peak,
+        cpu1 - cpu0,
+        steady_writes
+    );
+    println!(
+        "{:<12} {:>13.1}s {:>12.1} {:>12.1} {:>14}",
+        "deployment",
+        rows[1]["all_available_seconds"].as_f64().unwrap_or(0.0),
+        krss,
+        kcpu1 - kcpu0,
+        steady_builtin
+    );
+    println!(
+        "(RSS: the operator's peak; for the built-in, the whole controller manager's current RSS)"
+    );
+    write_results("scale", json!(rows));
+}
