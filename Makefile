@@ -32,6 +32,10 @@ lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
+.PHONY: deny
+deny: ## licences, banned crates and sources of every dependency (deny.toml)
+	cargo deny --offline check licenses bans sources
+
 .PHONY: chart-lint
 chart-lint: ## helm lint --strict of charts/perennial, with the default and the namespaced values
 	@helm="$${HELM:-$$($(CLUSTER)/build --print-dirs | grep '/helm-')/helm}"; \
