@@ -259,8 +259,8 @@ async fn bench_scale_many_services() {
     let a2 = audit_len();
     let (rss, peak, cpu2) = process_figures(op.child.id());
     let text = scrape(&addr).await;
-    let p50 = histogram_quantile(&text, "perennial_reconcile_seconds", 0.5);
-    let p99 = histogram_quantile(&text, "perennial_reconcile_seconds", 0.99);
+    let p50 = histogram_quantile(&text, "perennial_reconcile_duration_seconds", 0.5);
+    let p99 = histogram_quantile(&text, "perennial_reconcile_duration_seconds", 0.99);
     let ours = ["perennial-operator"];
     let by_verb = requests_by_verb(&ours, a0, a1);
     let steady_writes = writes(&requests_by_verb(&ours, a1, a2));
