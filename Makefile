@@ -6,7 +6,7 @@ CRD_FILE := crds/perennial.dev_resilientservices.yaml
 CHART_CRD_FILE := charts/perennial/crds/perennial.dev_resilientservices.yaml
 REFERENCE_FILE := docs/reference.md
 
-.PHONY: help build cluster cluster-down cluster-status crds lint test demo bench
+.PHONY: help build cluster cluster-down cluster-status crds lint test demo bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,3 +50,6 @@ demo: ## start the control plane, run the operator and a sample service, show it
 
 bench: cluster ## benchmarks side by side with the built-in controllers (BENCH_TRIALS, BENCH_SCALE_SERVICES, ...)
 	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) PERENNIAL_TEST_LOG=$${PERENNIAL_TEST_LOG:-info} cargo test --release --test bench -- --ignored --nocapture --test-threads=1
+
+chaos: cluster ## a seeded chaos soak on the local control plane (CHAOS_SECONDS=600; CHAOS_SEED replays one)
+	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) CHAOS_SECONDS=$${CHAOS_SECONDS:-600} cargo test --test chaos -- --nocapture --test-threads=1

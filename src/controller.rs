@@ -22,7 +22,7 @@ use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::observe::{observe, Caches};
+use crate::observe::{observe, Caches, Heartbeats};
 use crate::{act, health, plan};
 
 /// How often a healthy service is looked at even when nothing changes.
@@ -122,6 +122,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         watcher::Config::default(),
     );
+    let heartbeats = Heartbeats::default();
+    let book = heartbeats.clone();
+    let lease_events = lease_events.inspect(move |event| match event {
+        Ok(lease) => book.saw(lease, jiff::Timestamp::now()),
+        Err(_) => book.lost_sight(),
+    });
     let (volumes, volume_events) = cached(
         Api::<PersistentVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -136,6 +142,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         nodes: nodes.clone(),
         leases: leases.clone(),
         volumes,
+        heartbeats: heartbeats.clone(),
     };
     let reporter = Reporter {
         controller: "perennial".into(),
@@ -186,7 +193,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     .watches_stream(volume_events, |_: PersistentVolume| {
         None::<ObjectRef<ResilientService>>
     })
-    .watches_stream(heartbeat_changes(nodes, leases), silent_nodes)
+    .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
     .shutdown_on_signal();
 
     let synced = context.clone();
@@ -220,6 +227,7 @@ const SUSPECT_AFTER: Duration = Duration::from_secs(10);
 fn heartbeat_changes(
     nodes: Store<Node>,
     leases: Store<Lease>,
+    heartbeats: Heartbeats,
 ) -> impl Stream<Item = Result<Node, watcher::Error>> + Send {
     let ticks = tokio_stream_interval(HEARTBEAT_CHECK);
     let mut silent: std::collections::HashSet<String> = Default::default();
@@ -228,12 +236,12 @@ fn heartbeat_changes(
         let mut changed = Vec::new();
         for lease in leases.state() {
             let name = lease.name_any();
-            let age = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.renew_time.as_ref())
-                .map(|t| now.as_second() - t.0.as_second())
-                .unwrap_or(0);
+            let age = health::Heartbeat {
+                lease: Some(&lease),
+                heard: heartbeats.heard(&name, now),
+            }
+            .silence(now)
+            .unwrap_or(0);
             let is_silent = age >= SUSPECT_AFTER.as_secs() as i64;
             let was_silent = silent.contains(&name);
             if is_silent != was_silent {

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 
 use super::node::seconds_until_lost;
-use super::{judge_node, judge_pod, NodeHealth, PodState};
+use super::{judge_node, judge_pod, Heartbeat, NodeHealth, PodState};
 use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, LABEL_REVISION, LABEL_SLOT};
 use crate::build;
 use crate::observe::Observed;
@@ -82,11 +82,15 @@ pub struct Assessment {
 /// Judges everything observed for `svc` at `now`.
 pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> Assessment {
     let lost_after = i64::from(svc.spec.repair.node_lost_after_seconds);
+    let heartbeat = |name: &str| Heartbeat {
+        lease: observed.leases.get(name).map(|l| l.as_ref()),
+        heard: observed.heard.get(name).copied(),
+    };
     let node_health = |name: &str| {
         judge_node(
             name,
             observed.nodes.get(name).map(|n| n.as_ref()),
-            observed.leases.get(name).map(|l| l.as_ref()),
+            heartbeat(name),
             now,
             lost_after,
         )
@@ -203,7 +207,7 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         .filter_map(|name| {
             seconds_until_lost(
                 observed.nodes.get(name).map(|n| n.as_ref()),
-                observed.leases.get(name).map(|l| l.as_ref()),
+                heartbeat(name),
                 now,
                 lost_after,
             )

@@ -35,11 +35,37 @@ pub enum NodeHealth {
     },
 }
 
-/// Judges a node (None: the Node object is gone) at `now`, given its Lease.
+/// A node's heartbeat as the operator knows it: the Lease, and the moment from which the
+/// operator's own watch has seen it unchanged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Heartbeat<'a> {
+    pub lease: Option<&'a Lease>,
+    /// When the operator first saw the Lease's current renewal, or regained sight of the
+    /// API server after losing it, whichever is later; None when it has no record (the
+    /// Lease alone then tells).
+    pub heard: Option<Timestamp>,
+}
+
+impl Heartbeat<'_> {
+    /// Whole seconds the node has been silent at `now`. The renewal time alone is not
+    /// enough: while the API server is down no kubelet can renew, and right after it is
+    /// back every Lease looks as old as the outage. Silence the operator did not witness
+    /// through a working watch does not count.
+    pub fn silence(&self, now: Timestamp) -> Option<i64> {
+        let renewed = self.lease?.spec.as_ref()?.renew_time.as_ref()?.0;
+        let by_lease = now.as_second() - renewed.as_second();
+        Some(match self.heard {
+            Some(heard) => by_lease.min(now.as_second() - heard.as_second()),
+            None => by_lease,
+        })
+    }
+}
+
+/// Judges a node (None: the Node object is gone) at `now`, given its heartbeat.
 pub fn judge_node(
     name: &str,
     node: Option<&Node>,
-    lease: Option<&Lease>,
+    heartbeat: Heartbeat,
     now: Timestamp,
     lost_after_seconds: i64,
 ) -> NodeHealth {
@@ -64,17 +90,10 @@ pub fn judge_node(
     // The Lease is the kubelet's heartbeat; it is renewed every 10 s on a live node. Ages
     // are in whole seconds, as the controller's heartbeat check counts them, so that a node
     // it reports silent is judged at the same age.
-    let renewed = lease
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.renew_time.as_ref())
-        .map(|t| t.0);
-    if let Some(renewed) = renewed {
-        if age(renewed) >= lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) {
+    if let Some(silence) = heartbeat.silence(now) {
+        if silence >= lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) {
             return NodeHealth::Lost {
-                message: format!(
-                    "node {name} has not renewed its lease for {} s",
-                    age(renewed)
-                ),
+                message: format!("node {name} has not renewed its lease for {silence} s"),
                 fenced: false,
             };
         }
@@ -106,16 +125,14 @@ pub fn judge_node(
 /// node that renews its lease and is Ready (or is already lost).
 pub fn seconds_until_lost(
     node: Option<&Node>,
-    lease: Option<&Lease>,
+    heartbeat: Heartbeat,
     now: Timestamp,
     lost_after_seconds: i64,
 ) -> Option<i64> {
     let node = node?;
     let age = |t: Timestamp| now.as_second() - t.as_second();
-    let by_lease = lease
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.renew_time.as_ref())
-        .map(|t| age(t.0))
+    let by_lease = heartbeat
+        .silence(now)
         .filter(|&a| a >= LEASE_RENEW_SECONDS)
         .map(|a| lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) - a);
     let by_ready = node
@@ -176,6 +193,13 @@ mod tests {
         .unwrap()
     }
 
+    fn beat(lease: &Lease) -> Heartbeat<'_> {
+        Heartbeat {
+            lease: Some(lease),
+            heard: None,
+        }
+    }
+
     const NOW: i64 = 1_800_000_000;
 
     fn at(s: i64) -> Timestamp {
@@ -187,7 +211,7 @@ mod tests {
         let h = judge_node(
             "n1",
             Some(&node("True", NOW - 1000, false)),
-            Some(&lease(NOW - 5)),
+            beat(&lease(NOW - 5)),
             at(NOW),
             30,
         );
@@ -199,7 +223,7 @@ mod tests {
         let h = judge_node(
             "n1",
             Some(&node("True", NOW - 1000, false)),
-            Some(&lease(NOW - 31)),
+            beat(&lease(NOW - 31)),
             at(NOW),
             30,
         );
@@ -209,7 +233,7 @@ mod tests {
         let h = judge_node(
             "n1",
             Some(&node("True", NOW - 1000, false)),
-            Some(&lease(NOW - 29)),
+            beat(&lease(NOW - 29)),
             at(NOW),
             30,
         );
@@ -231,11 +255,11 @@ mod tests {
         .unwrap();
         let node = node("True", NOW - 1000, false);
         for after in [10, 11, 12] {
-            let h = judge_node("n1", Some(&node), Some(&late), at(NOW), after);
+            let h = judge_node("n1", Some(&node), beat(&late), at(NOW), after);
             assert_eq!(h, NodeHealth::Healthy, "nodeLostAfterSeconds {after}");
         }
         // A renewal missed: lost.
-        let h = judge_node("n1", Some(&node), Some(&lease(NOW - 12)), at(NOW), 10);
+        let h = judge_node("n1", Some(&node), beat(&lease(NOW - 12)), at(NOW), 10);
         assert!(matches!(h, NodeHealth::Lost { fenced: false, .. }));
     }
 
@@ -244,7 +268,7 @@ mod tests {
         let lost = |renewed: i64, after: i64| match judge_node(
             "n1",
             Some(&node("True", NOW - 1000, false)),
-            Some(&lease(renewed)),
+            beat(&lease(renewed)),
             at(NOW),
             after,
         ) {
@@ -259,7 +283,7 @@ mod tests {
         let not_ready = judge_node(
             "n1",
             Some(&node("False", NOW - 40, false)),
-            Some(&lease(NOW - 1)),
+            beat(&lease(NOW - 1)),
             at(NOW),
             30,
         );
@@ -275,7 +299,7 @@ mod tests {
         let h = judge_node(
             "n1",
             Some(&node("Unknown", NOW - 40, false)),
-            Some(&lease(NOW - 1)),
+            beat(&lease(NOW - 1)),
             at(NOW),
             30,
         );
@@ -285,13 +309,13 @@ mod tests {
     #[test]
     fn deleted_or_out_of_service_node_is_lost_with_evidence() {
         assert!(matches!(
-            judge_node("n1", None, None, at(NOW), 30),
+            judge_node("n1", None, Heartbeat::default(), at(NOW), 30),
             NodeHealth::Lost { fenced: true, .. }
         ));
         let h = judge_node(
             "n1",
             Some(&node("True", NOW - 1000, true)),
-            Some(&lease(NOW)),
+            beat(&lease(NOW)),
             at(NOW),
             30,
         );
@@ -301,20 +325,63 @@ mod tests {
     #[test]
     fn silent_node_not_yet_lost_is_rechecked_when_it_would_be() {
         let node = node("True", NOW - 1000, false);
-        let fresh = seconds_until_lost(Some(&node), Some(&lease(NOW - 3)), at(NOW), 30);
+        let fresh = seconds_until_lost(Some(&node), beat(&lease(NOW - 3)), at(NOW), 30);
         assert_eq!(fresh, None, "a node that renews on time needs no recheck");
-        let silent = seconds_until_lost(Some(&node), Some(&lease(NOW - 11)), at(NOW), 30);
+        let silent = seconds_until_lost(Some(&node), beat(&lease(NOW - 11)), at(NOW), 30);
         assert_eq!(silent, Some(19));
-        let floor = seconds_until_lost(Some(&node), Some(&lease(NOW - 10)), at(NOW), 10);
+        let floor = seconds_until_lost(Some(&node), beat(&lease(NOW - 10)), at(NOW), 10);
         assert_eq!(floor, Some(2), "the floor of 12 s applies");
-        let lost = seconds_until_lost(Some(&node), Some(&lease(NOW - 40)), at(NOW), 30);
+        let lost = seconds_until_lost(Some(&node), beat(&lease(NOW - 40)), at(NOW), 30);
         assert_eq!(lost, None, "a lost node is judged, not rechecked");
         let unready = node_unready_since(NOW - 4);
-        let h = seconds_until_lost(Some(&unready), Some(&lease(NOW - 1)), at(NOW), 30);
+        let h = seconds_until_lost(Some(&unready), beat(&lease(NOW - 1)), at(NOW), 30);
         assert_eq!(h, Some(26));
     }
 
     fn node_unready_since(since: i64) -> Node {
         node("False", since, false)
+    }
+
+    #[test]
+    fn silence_the_operator_did_not_witness_does_not_make_a_node_lost() {
+        let node = node("True", NOW - 1000, false);
+        let stale = lease(NOW - 30);
+        // The API server was down until 4 s ago: the renewal is 30 s old, but the operator
+        // has seen the Lease unchanged for only 4 s.
+        let back = Heartbeat {
+            lease: Some(&stale),
+            heard: Some(at(NOW - 4)),
+        };
+        assert_eq!(
+            judge_node("n1", Some(&node), back, at(NOW), 10),
+            NodeHealth::Healthy
+        );
+        assert_eq!(seconds_until_lost(Some(&node), back, at(NOW), 10), None);
+        // Silent 11 s since: rechecked a moment before the floor of 12 s.
+        let later = Heartbeat {
+            heard: Some(at(NOW - 11)),
+            ..back
+        };
+        assert_eq!(seconds_until_lost(Some(&node), later, at(NOW), 10), Some(1));
+        // Witnessed for the whole threshold: lost, with the witnessed silence in the message.
+        let witnessed = Heartbeat {
+            heard: Some(at(NOW - 12)),
+            ..back
+        };
+        let h = judge_node("n1", Some(&node), witnessed, at(NOW), 10);
+        assert!(
+            matches!(h, NodeHealth::Lost { fenced: false, ref message } if message.ends_with("for 12 s")),
+            "{h:?}"
+        );
+        // A record older than the renewal does not stretch the silence.
+        let fresh = lease(NOW - 3);
+        let old_record = Heartbeat {
+            lease: Some(&fresh),
+            heard: Some(at(NOW - 100)),
+        };
+        assert_eq!(
+            judge_node("n1", Some(&node), old_record, at(NOW), 10),
+            NodeHealth::Healthy
+        );
     }
 }

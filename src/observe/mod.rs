@@ -1,6 +1,10 @@
 //! Reading what exists into plain data. The reads come from shared watch caches, so a
 //! reconcile costs the API server nothing.
 
+mod heartbeats;
+
+pub use heartbeats::Heartbeats;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -26,6 +30,8 @@ pub struct Caches {
     /// Node heartbeats (kube-node-lease).
     pub leases: Store<Lease>,
     pub volumes: Store<PersistentVolume>,
+    /// What the operator itself has seen of the node leases.
+    pub heartbeats: Heartbeats,
 }
 
 impl Caches {
@@ -63,6 +69,8 @@ pub struct Observed {
     pub leases: BTreeMap<String, Arc<Lease>>,
     /// The volumes bound to the service's claims, by name.
     pub volumes: BTreeMap<String, Arc<PersistentVolume>>,
+    /// Per node, the moment from which its silence counts (see Heartbeats::heard).
+    pub heard: BTreeMap<String, jiff::Timestamp>,
 }
 
 /// Collects what exists for `svc` from the caches.
@@ -95,6 +103,13 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         .into_iter()
         .filter(|c| labelled(c.meta()))
         .collect();
+    let leases: BTreeMap<String, Arc<Lease>> = caches
+        .leases
+        .state()
+        .into_iter()
+        .map(|l| (l.name_any(), l))
+        .collect();
+    let now = jiff::Timestamp::now();
     let volumes = claims
         .iter()
         .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
@@ -128,12 +143,11 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             .into_iter()
             .map(|n| (n.name_any(), n))
             .collect(),
-        leases: caches
-            .leases
-            .state()
-            .into_iter()
-            .map(|l| (l.name_any(), l))
+        heard: leases
+            .keys()
+            .filter_map(|n| Some((n.clone(), caches.heartbeats.heard(n, now)?)))
             .collect(),
+        leases,
         volumes,
     }
 }

@@ -186,8 +186,14 @@ pub(super) fn plan(
                     note.repaired = true;
                     note.escalation = Some(EscalationStep::Reschedule);
                     // Until the node lifecycle controller taints it, a lost node still looks
-                    // schedulable: the replacement must not land where nothing runs it.
-                    note.avoid_node = pod.node.clone();
+                    // schedulable: the replacement must not land where nothing runs it. A
+                    // stateful slot is replaced only once its node is fenced (deleted, or
+                    // tainted out-of-service), which keeps pods off it already; avoiding the
+                    // node for good would strand a slot whose retained volume lives there
+                    // once the node is repaired.
+                    if !stateful {
+                        note.avoid_node = pod.node.clone();
+                    }
                     rebuild_lost_claims(svc, seen, slot, &mut plan.actions, &mut note);
                 } else {
                     note.waiting_for = Some("a free repair slot (maxConcurrentRepairs)".into());
@@ -219,9 +225,11 @@ pub(super) fn plan(
         if pods.is_empty() {
             // The pod was lost with its node and is gone since (force-deleted, by a person
             // or by the pod garbage collector): its replacement avoids that node, also when
-            // this pass reads a status from before the repair that set avoidNode.
+            // this pass reads a status from before the repair that set avoidNode. Stateless
+            // slots only, as above.
             if let Some(e) = entry.filter(|e| {
-                e.state == "Waiting"
+                !stateful
+                    && e.state == "Waiting"
                     && e.last_failure
                         .as_ref()
                         .is_some_and(|f| f.reason == "NodeLost")

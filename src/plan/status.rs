@@ -65,8 +65,14 @@ pub(super) fn compute(
         .iter()
         .filter(|p| p.revision == update_revision)
         .count() as i32;
-    let current_revision = if live.iter().all(|p| p.revision == update_revision)
-        && rollout.targets.target == update_revision
+    // A revision becomes current once it serves: every replica on it and available. Pods
+    // that merely run it (all of them, after a Recreate) prove nothing, and a rollback
+    // needs the revision that did serve.
+    let all_updated_and_available = replicas == desired
+        && updated == desired
+        && available == desired
+        && live.iter().all(|p| p.revision == update_revision);
+    let current_revision = if all_updated_and_available && rollout.targets.target == update_revision
     {
         update_revision.to_string()
     } else {
@@ -105,7 +111,7 @@ pub(super) fn compute(
             "{available} of {desired} replicas available; at least {min_available} required"
         ),
     }];
-    let complete = replicas == desired && updated == desired && available == desired;
+    let complete = all_updated_and_available;
     decided.push(Decided {
         type_: condition::PROGRESSING,
         status: true,

@@ -80,6 +80,20 @@ fn converged(svc: &ResilientService) -> Assessment {
     }
 }
 
+/// One pass whose status is written back, as the next pass reads it.
+fn pass(svc: &mut ResilientService, seen: &Assessment) -> Plan {
+    let p = plan(svc, seen);
+    svc.status = Some(p.status.clone());
+    p
+}
+
+fn at(seconds_later: i64, seen: &Assessment) -> Assessment {
+    Assessment {
+        now: Timestamp::from_second(now().as_second() + seconds_later).unwrap(),
+        ..seen.clone()
+    }
+}
+
 fn claim(svc_name: &str, slot: i32, template: &str) -> ClaimView {
     let _ = svc_name;
     ClaimView {
@@ -676,6 +690,27 @@ mod repairs {
     }
 
     #[test]
+    fn a_fenced_stateful_slot_moves_without_being_barred_from_its_node_for_good() {
+        // Fencing keeps pods off the node while it is lost; once the node is repaired, a
+        // slot whose retained volume lives there must be able to go back.
+        let mut svc = service(3, true);
+        let mut seen = converged(&svc);
+        seen.pods[1].state = lost(true);
+        let p = pass(&mut svc, &seen);
+        assert_eq!(kinds(&p.actions), vec!["ForceDeletePod"]);
+        assert_eq!(p.status.replica_statuses[1].avoid_node, None);
+        // The pod is gone; the replacement is not steered away either.
+        seen.pods.remove(1);
+        let p = pass(&mut svc, &at(1, &seen));
+        assert_eq!(p.status.replica_statuses[1].avoid_node, None);
+        assert!(
+            kinds(&p.actions).contains(&"CreatePod".to_string()),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    #[test]
     fn retained_volume_on_a_lost_node_waits_for_a_person() {
         let svc = service(3, true);
         let mut seen = converged(&svc);
@@ -986,20 +1021,6 @@ mod rollouts {
         (svc, seen, old, new)
     }
 
-    /// One pass whose status is written back, as the next pass reads it.
-    fn pass(svc: &mut ResilientService, seen: &Assessment) -> Plan {
-        let p = plan(svc, seen);
-        svc.status = Some(p.status.clone());
-        p
-    }
-
-    fn at(seconds_later: i64, seen: &Assessment) -> Assessment {
-        Assessment {
-            now: Timestamp::from_second(now().as_second() + seconds_later).unwrap(),
-            ..seen.clone()
-        }
-    }
-
     fn with_pod(
         seen: &mut Assessment,
         svc: &ResilientService,
@@ -1050,6 +1071,44 @@ mod rollouts {
             message: "container app restarted".into(),
             restarts,
         }
+    }
+
+    #[test]
+    fn a_recreated_revision_that_never_serves_does_not_become_current_and_is_rolled_back() {
+        let (mut svc, mut seen, old, new) = upgraded(3);
+        svc.spec.update.strategy = crate::api::UpdateStrategy::Recreate;
+        // Every old pod is gone; each slot runs the new revision and crash-loops.
+        seen.pods.clear();
+        for slot in 0..3 {
+            with_pod(&mut seen, &svc, slot, &new, PodState::Starting);
+        }
+        let p = pass(&mut svc, &seen);
+        assert_eq!(p.status.current_revision.as_deref(), Some(old.as_str()));
+        let max_restarts = svc.spec.supervision.max_restarts;
+        for pod in &mut seen.pods {
+            pod.state = crash(max_restarts);
+        }
+        let p = pass(&mut svc, &at(120, &seen));
+        assert_eq!(
+            p.status.current_revision.as_deref(),
+            Some(old.as_str()),
+            "pods that run a revision without serving do not make it current"
+        );
+        assert_eq!(
+            condition(&p, crate::api::condition::ROLLED_BACK).map(|c| c.0),
+            Some("True"),
+            "{:?}",
+            p.status.conditions
+        );
+        assert_eq!(creates_at(&pass(&mut svc, &seen), &new), Vec::<i32>::new());
+        // Once it serves, it is current.
+        let (mut svc, mut seen, _old, new) = upgraded(3);
+        seen.pods.clear();
+        for slot in 0..3 {
+            seen.pods.push(ready_pod(&svc, slot, &new));
+        }
+        let p = pass(&mut svc, &seen);
+        assert_eq!(p.status.current_revision.as_deref(), Some(new.as_str()));
     }
 
     #[test]
