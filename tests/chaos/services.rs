@@ -1,0 +1,198 @@
+//! The twenty services of the soak and what "converged" means for each.
+
+use super::*;
+
+pub(crate) struct Profile {
+    pub(crate) name: &'static str,
+    pub(crate) replicas: i32,
+    pub(crate) spec: Value,
+}
+
+pub(crate) fn stateful(extra: Value) -> Value {
+    let mut spec = json!({"volumeClaimTemplates": [{
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+            "resources": {"requests": {"storage": "1Gi"}}
+        }
+    }]});
+    merge(&mut spec, extra);
+    spec
+}
+
+/// Twenty services covering the update and repair policies: 13 stateless, 7 stateful.
+pub(crate) fn profiles() -> Vec<Profile> {
+    let p = |name, replicas, spec| Profile {
+        name,
+        replicas,
+        spec,
+    };
+    vec![
+        p(
+            "web-a",
+            3,
+            json!({"update": {"maxSurge": 1, "maxUnavailable": 0, "minReadySeconds": 1}}),
+        ),
+        p(
+            "web-b",
+            4,
+            json!({"update": {"maxSurge": 2, "maxUnavailable": 1}}),
+        ),
+        p(
+            "web-c",
+            4,
+            json!({"update": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+        ),
+        p(
+            "web-d",
+            3,
+            json!({"update": {"maxSurge": 0, "maxUnavailable": 1}}),
+        ),
+        p(
+            "wide",
+            5,
+            json!({"update": {"maxSurge": 2, "maxUnavailable": 2, "minReadySeconds": 1}}),
+        ),
+        p(
+            "spread",
+            3,
+            json!({"redundancy": {"onePerNode": true, "minDomains": 3, "whenUnsatisfiable": "DoNotSchedule"}}),
+        ),
+        p(
+            "quorum",
+            3,
+            json!({"disruptionBudget": {"quorum": true}, "update": {"maxSurge": 1}}),
+        ),
+        p("ordered", 3, json!({"podManagementPolicy": "OrderedReady"})),
+        p("partition", 3, json!({"update": {"partition": 1}})),
+        p("recreate", 2, json!({"update": {"strategy": "Recreate"}})),
+        p(
+            "canary",
+            4,
+            json!({"update": {"canary": {"steps": [
+                {"replicas": 1}, {"pause": {"seconds": 5}}, {"replicas": "50%"}, {"pause": {"seconds": 5}}
+            ]}}}),
+        ),
+        p(
+            "canary-manual",
+            3,
+            json!({"update": {"rollback": "Manual", "canary": {"steps": [
+                {"replicas": 1}, {"pause": {"seconds": 8}}
+            ]}}}),
+        ),
+        p("manual", 3, json!({"update": {"rollback": "Manual"}})),
+        p(
+            "db-wait",
+            3,
+            stateful(json!({"redundancy": {"onePerNode": true}})),
+        ),
+        p(
+            "db-fence",
+            3,
+            stateful(json!({"repair": {"fencing": "TaintOutOfService"}})),
+        ),
+        p(
+            "db-rebuild",
+            3,
+            stateful(json!({"redundancy": {"onePerNode": true}, "repair": {
+                "fencing": "TaintOutOfService", "storage": {"onVolumeLost": "Recreate"}
+            }})),
+        ),
+        p(
+            "db-rebuild-wait",
+            2,
+            stateful(json!({"repair": {"storage": {"onVolumeLost": "Recreate"}}})),
+        ),
+        p(
+            "db-quorum",
+            3,
+            stateful(json!({"disruptionBudget": {"quorum": true}, "repair": {
+                "fencing": "TaintOutOfService", "storage": {"onVolumeLost": "Recreate"}
+            }})),
+        ),
+        p(
+            "db-manual",
+            2,
+            stateful(json!({"update": {"rollback": "Manual"}})),
+        ),
+        p(
+            "db-canary",
+            3,
+            stateful(json!({"update": {"canary": {"steps": [
+                {"replicas": 1}, {"pause": {"seconds": 5}}
+            ]}}})),
+        ),
+    ]
+}
+
+/// Merges `extra` into `base`, objects key by key, anything else replaced.
+pub(crate) fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// The service of `profile`, its pods placed on the soak's own nodes. Short deadlines, so
+/// that a bad rollout is judged (and rolled back) within the soak: a crash loop after two
+/// restarts, a rollout without progress after 30 s, a silent node after 10 s.
+pub(crate) fn service(profile: &Profile, group: &str) -> ResilientService {
+    let mut spec = json!({
+        "replicas": profile.replicas,
+        "update": {"progressDeadlineSeconds": 30},
+        "supervision": {"maxRestarts": 2, "periodSeconds": 60},
+        "repair": {"nodeLostAfterSeconds": 10},
+        "template": {
+            "metadata": {"labels": {"app": profile.name}},
+            "spec": {
+                "containers": [{"name": "app", "image": format!("example/{}:1", profile.name)}],
+                "nodeSelector": {GROUP_LABEL: group},
+                "tolerations": [{
+                    "key": TEST_NODE_TAINT, "operator": "Equal", "value": NODE_PREFIX,
+                    "effect": "NoSchedule"
+                }]
+            }
+        }
+    });
+    merge(&mut spec, profile.spec.clone());
+    serde_json::from_value(json!({
+        "apiVersion": "perennial.dev/v1alpha1",
+        "kind": "ResilientService",
+        "metadata": {"name": profile.name},
+        "spec": spec,
+    }))
+    .expect("a valid ResilientService")
+}
+
+/// Back to Available with every replica Ready, at the current generation.
+pub(crate) fn converged(svc: &ResilientService) -> Result<(), String> {
+    let s = svc.status.clone().unwrap_or_default();
+    let available = s
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    if s.observed_generation == svc.metadata.generation
+        && available
+        && s.ready_replicas == svc.spec.replicas
+    {
+        return Ok(());
+    }
+    let waiting: Vec<String> = s
+        .replica_statuses
+        .iter()
+        .filter_map(|r| Some(format!("slot {}: {}", r.ordinal, r.waiting_for.clone()?)))
+        .collect();
+    Err(format!(
+        "generation {:?} observed {:?}, Available={available}, ready {}/{}, reason {:?}, rollout {:?}, {waiting:?}",
+        svc.metadata.generation,
+        s.observed_generation,
+        s.ready_replicas,
+        svc.spec.replicas,
+        s.reason,
+        s.rollout.as_ref().and_then(|r| r.waiting_for.clone()),
+    ))
+}
