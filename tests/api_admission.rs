@@ -389,6 +389,42 @@ async fn api_server_rejects_each_invalid_spec_with_a_message_naming_the_field() 
 }
 
 #[tokio::test]
+async fn names_the_operator_cannot_use_are_rejected_with_the_reason() {
+    let ns = TestNamespace::new("adm-names").await;
+    let api = ready(&ns).await;
+    let long = "a".repeat(53);
+    let refused = [
+        (
+            long.as_str(),
+            minimal_spec(),
+            "metadata.name: at most 52 characters",
+        ),
+        ("web.v2", minimal_spec(), "metadata.name: no dots"),
+        (
+            "2web",
+            minimal_spec(),
+            "metadata.name must start with a letter unless spec.serviceName is set",
+        ),
+    ];
+    for (name, spec, expect) in refused {
+        let message = create(&api, name, spec)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name} was accepted"));
+        assert!(reason(&message).contains(expect), "{name}: {message}");
+    }
+    // The limits are exact, and a leading digit is fine once the Service has its own name.
+    let longest = "b".repeat(52);
+    create(&api, &longest, minimal_spec())
+        .await
+        .expect("52 characters");
+    let named = merged(&minimal_spec(), &json!({"serviceName": "web"}));
+    create(&api, "2web", named)
+        .await
+        .expect("a leading digit with spec.serviceName");
+}
+
+#[tokio::test]
 async fn claim_templates_and_service_name_cannot_change_after_creation() {
     let ns = TestNamespace::new("adm-immutable").await;
     let api = ready(&ns).await;

@@ -122,6 +122,27 @@ fn version_page(out: &mut String, group: &str, spec: &Value, names: &Value, vers
          Kubernetes types are not repeated: their row links to the Kubernetes documentation.\n"
     );
 
+    let object_rules: Vec<String> = own_rules(root)
+        .map(|r| {
+            format!(
+                "- {}",
+                one_line(&text(&r["message"]))
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            )
+        })
+        .collect();
+    if !object_rules.is_empty() {
+        let _ = writeln!(
+            out,
+            "Rules on the whole object:
+
+{}
+",
+            object_rules.join("\n")
+        );
+    }
+
     if let Some(columns) = version["additionalPrinterColumns"].as_array() {
         let _ = writeln!(out, "## Columns of `kubectl get`\n");
         let _ = writeln!(out, "| Column | Type | JSON path | Description |");

@@ -49,6 +49,9 @@ fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     status = "ResilientServiceStatus",
     derive = "PartialEq",
     doc = "A service whose replicas Perennial keeps alive, spread over failure domains, upgraded without downtime and repaired when pods, nodes or volumes fail.",
+    validation = Rule::new("size(self.metadata.name) <= 52").message("metadata.name: at most 52 characters, so that the pods' revision label <name>-<10-character hash> fits in 63"),
+    validation = Rule::new("!self.metadata.name.contains('.')").message("metadata.name: no dots, since each replica's hostname <name>-<ordinal> must be a DNS label"),
+    validation = Rule::new("has(self.spec.serviceName) || self.metadata.name.matches('^[a-z]')").message("metadata.name must start with a letter unless spec.serviceName is set, since it also names the headless Service"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
