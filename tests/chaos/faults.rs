@@ -183,10 +183,9 @@ impl Chaos {
     pub(crate) async fn bring_back(&mut self, node: &str) -> Result<String, String> {
         let n = node.to_string();
         blocking(move || try_fault("node-back", Some(&n))).await?;
-        // `fault node-back` hands the node back to KWOK before it deletes the Lease the
-        // fault holds; KWOK, finding a foreign holder with a year-long lease, may back off
-        // and never renew again. A node that does not heartbeat is not back: hand it over
-        // again, the Lease first.
+        // `fault node-back` waits for KWOK's fresh Lease, but a node that does not
+        // heartbeat is not back whatever the script said: hand it over once more, the
+        // Lease first, and count it, since it means the harness failed.
         let mut handed_again = false;
         if !self.heartbeating(node).await {
             self.hand_to_kwok(node).await?;

@@ -3,7 +3,7 @@
 //! invariants checked at every watch event, then every service awaited back to Available.
 //!
 //! `make chaos` runs it for ten minutes; `make test` runs it for CHAOS_SECONDS (default 90)
-//! of faults. CHAOS_SEED replays a schedule: the seed is printed first, and the same seed
+//! of faults, with one fixed seed. CHAOS_SEED replays a schedule: the seed is printed first, and the same seed
 //! gives the same faults at the same offsets against the same slots, services and nodes.
 //!
 //! Faults: pod kills; rollouts of a good template and of a bad one (the pod label
