@@ -7,9 +7,13 @@ use crate::plan::Action;
 /// The Event for an action; None for bookkeeping nobody needs to read about.
 pub fn event_for(action: &Action) -> Option<Event> {
     let (reason, note, action_word) = match action {
-        Action::CreatePod { ordinal, revision } => (
+        Action::CreatePod {
+            ordinal,
+            revision,
+            name,
+        } => (
             "SuccessfulCreate",
-            format!("created the pod of slot {ordinal} at revision {revision}"),
+            format!("created pod {name} for slot {ordinal} at revision {revision}"),
             "Create",
         ),
         Action::DeletePod { name, reason } => (

@@ -130,7 +130,11 @@ async fn perform(
             )
             .await
         }
-        Action::CreatePod { ordinal, revision } => {
+        Action::CreatePod {
+            ordinal,
+            revision,
+            name,
+        } => {
             let template = if *revision == build::revision_name(svc) {
                 Some(&svc.spec.template)
             } else {
@@ -143,6 +147,7 @@ async fn perform(
                 return Ok(());
             };
             let mut pod = build::desired_pod(svc, *ordinal, revision, template);
+            pod.metadata.name = Some(name.clone());
             let avoid = plan
                 .status
                 .replica_statuses

@@ -29,6 +29,14 @@ pub fn pod_name(svc: &ResilientService, ordinal: i32, revision: &str) -> String 
     format!("{}-{hash}", pod_hostname(svc, ordinal))
 }
 
+/// The second name of a slot's pod at `revision`, `<pod_name>-b`: a stateless slot whose pod
+/// is still terminating gets its replacement at once under this name, as a ReplicaSet
+/// would, instead of waiting for the old name to be free. The two names alternate, so a
+/// create repeated on a stale cache is still refused by the server.
+pub fn second_pod_name(svc: &ResilientService, ordinal: i32, revision: &str) -> String {
+    format!("{}-b", pod_name(svc, ordinal, revision))
+}
+
 /// The pod of slot `ordinal` at `revision`, built from that revision's `template`.
 pub fn desired_pod(
     svc: &ResilientService,

@@ -34,8 +34,13 @@ pub enum Action {
     ApplyDisruptionBudget,
     /// Create the claim of `ordinal` from the claim template `template`.
     CreateClaim { template: String, ordinal: i32 },
-    /// Create the pod of `ordinal` at `revision`.
-    CreatePod { ordinal: i32, revision: String },
+    /// Create the pod of `ordinal` at `revision`, named `name` (build::pod_name, or
+    /// build::second_pod_name while the first name is held by a pod on its way out).
+    CreatePod {
+        ordinal: i32,
+        revision: String,
+        name: String,
+    },
     /// Delete a pod; `reason` goes to the Event.
     DeletePod { name: String, reason: String },
     /// Delete a claim (only where the retention policy says so).

@@ -538,6 +538,7 @@ pub(super) fn moves(svc: &ResilientService, seen: &Assessment, targets: &Targets
                 actions.push(Action::CreatePod {
                     ordinal: slot,
                     revision: target.to_string(),
+                    name: crate::build::pod_name(svc, slot, target),
                 });
                 alive += 1;
             }
@@ -546,6 +547,7 @@ pub(super) fn moves(svc: &ResilientService, seen: &Assessment, targets: &Targets
             actions.push(Action::CreatePod {
                 ordinal: slot,
                 revision: target.to_string(),
+                name: crate::build::pod_name(svc, slot, target),
             });
             alive += 1;
         } else if available > floor {

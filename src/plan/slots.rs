@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::rollout::Targets;
 use super::{Action, MAX_CREATES_PER_PASS};
 use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService, UpdateStrategy};
+use crate::build;
 use crate::health::{Assessment, PodState, PodView};
 
 /// Slot actions; `moves` are the rollout's actions of this pass, which count against the
@@ -31,7 +32,8 @@ pub(super) fn plan(
             reason: "pod has no valid slot or revision label".to_string(),
         })
         .collect();
-    let mut wanted_creates: Vec<i32> = Vec::new();
+    let mut wanted_creates: Vec<(i32, String)> = Vec::new();
+    let stateless = svc.spec.volume_claim_templates.is_empty();
 
     for ordinal in 0..replicas {
         let pods = by_slot.get(&ordinal).map(Vec::as_slice).unwrap_or_default();
@@ -47,13 +49,27 @@ pub(super) fn plan(
                 });
             }
         }
-        // A slot gets a new pod only once no pod of it exists at all, terminating ones
-        // included: two pods must never share a slot's storage or identity.
-        if pods.is_empty() {
+        // A slot with claims gets a new pod only once no pod of it exists at all,
+        // terminating ones included: two pods must never share a slot's storage. A slot
+        // without claims shares nothing, and its replacement starts while the old pod
+        // terminates, under whichever of its two names is free.
+        let vacant =
+            pods.is_empty() || (stateless && pods.iter().all(|p| p.state == PodState::Terminating));
+        if vacant {
+            let revision = targets.revision_for(ordinal);
+            let name = [
+                build::pod_name(svc, ordinal, revision),
+                build::second_pod_name(svc, ordinal, revision),
+            ]
+            .into_iter()
+            .find(|n| !pods.iter().any(|p| &p.name == n));
+            let Some(name) = name else {
+                continue;
+            };
             if ordered && !predecessors_ready(&by_slot, ordinal) {
                 break;
             }
-            wanted_creates.push(ordinal);
+            wanted_creates.push((ordinal, name));
         }
     }
 
@@ -117,9 +133,10 @@ pub(super) fn plan(
     let creates: Vec<Action> = wanted_creates
         .into_iter()
         .take(room.min(MAX_CREATES_PER_PASS))
-        .map(|ordinal| Action::CreatePod {
+        .map(|(ordinal, name)| Action::CreatePod {
             ordinal,
             revision: targets.revision_for(ordinal).to_string(),
+            name,
         })
         .collect();
     actions.extend(creates);

@@ -128,11 +128,14 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                     next.claims.push(c);
                 }
             }
-            Action::CreatePod { ordinal, revision } => {
-                let name = pod_name(svc, *ordinal, revision);
-                if !next.pods.iter().any(|p| p.name == name) {
+            Action::CreatePod {
+                ordinal,
+                revision,
+                name,
+            } => {
+                if !next.pods.iter().any(|p| &p.name == name) {
                     next.pods.push(PodView {
-                        name,
+                        name: name.clone(),
                         slot: *ordinal,
                         revision: revision.clone(),
                         node: None,
@@ -224,13 +227,14 @@ fn new_service_creates_revision_service_budget_claims_and_pods() {
         want.insert(Action::CreatePod {
             ordinal,
             revision: rev.clone(),
+            name: pod_name(&svc, ordinal, &rev),
         });
     }
     assert_eq!(actions, want);
 }
 
 #[test]
-fn deleted_pod_is_recreated_in_the_same_slot_once_it_is_gone() {
+fn deleted_pod_with_claims_is_recreated_in_the_same_slot_once_it_is_gone() {
     let svc = service(3, true);
     let mut seen = converged(&svc);
     seen.pods[1].state = PodState::Terminating;
@@ -244,9 +248,51 @@ fn deleted_pod_is_recreated_in_the_same_slot_once_it_is_gone() {
         plan(&svc, &seen).actions,
         vec![Action::CreatePod {
             ordinal: 1,
-            revision: revision_name(&svc)
+            revision: revision_name(&svc),
+            name: pod_name(&svc, 1, &revision_name(&svc)),
         }]
     );
+}
+
+#[test]
+fn deleted_pod_without_claims_is_replaced_at_once_under_the_free_one_of_two_names() {
+    let svc = service(3, false);
+    let rev = revision_name(&svc);
+    let mut seen = converged(&svc);
+    seen.pods[1].state = PodState::Terminating;
+    let create = |name: String| Action::CreatePod {
+        ordinal: 1,
+        revision: rev.clone(),
+        name,
+    };
+    let second = crate::build::second_pod_name(&svc, 1, &rev);
+    assert_eq!(plan(&svc, &seen).actions, vec![create(second.clone())]);
+    // Planned again from a cache that has not seen the create: the same name, which the
+    // API server refuses the second time.
+    assert_eq!(plan(&svc, &seen).actions, vec![create(second.clone())]);
+    // Both names held by pods on their way out: wait.
+    with_pod_named(&mut seen, &svc, 1, &second, PodState::Terminating);
+    assert_eq!(plan(&svc, &seen).actions, vec![]);
+    // The first is free again: the next replacement takes it.
+    seen.pods.retain(|p| p.name != pod_name(&svc, 1, &rev));
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![create(pod_name(&svc, 1, &rev))]
+    );
+}
+
+fn with_pod_named(
+    seen: &mut Assessment,
+    svc: &ResilientService,
+    slot: i32,
+    name: &str,
+    state: PodState,
+) {
+    seen.pods.push(PodView {
+        name: name.to_string(),
+        state,
+        ..ready_pod(svc, slot, &revision_name(svc))
+    });
 }
 
 #[test]
@@ -1045,7 +1091,9 @@ mod rollouts {
         p.actions
             .iter()
             .filter_map(|a| match a {
-                Action::CreatePod { ordinal, revision } if revision == rev => Some(*ordinal),
+                Action::CreatePod {
+                    ordinal, revision, ..
+                } if revision == rev => Some(*ordinal),
                 _ => None,
             })
             .collect()
