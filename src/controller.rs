@@ -22,7 +22,7 @@ use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::observe::{observe, Caches, Heartbeats};
+use crate::observe::{observe, trim_pod, Caches, Heartbeats};
 use crate::{act, health, plan};
 
 /// How often a healthy service is looked at even when nothing changes.
@@ -89,10 +89,34 @@ where
         + Sync
         + 'static,
 {
+    cached_trimmed(api, config, |_| {})
+}
+
+/// A cache that keeps only what `trim` leaves of each object, and no managed fields.
+fn cached_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, config).modify(|o: &mut K| o.meta_mut().managed_fields = None),
+        watcher(api, config).modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            trim(o);
+        }),
     )
     .default_backoff()
     .touched_objects();
@@ -110,7 +134,7 @@ fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
 pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health: Arc<Health>) {
     let ns = options.namespace.as_deref();
     let ours = watcher::Config::default().labels(LABEL_SERVICE);
-    let (pods, pod_events) = cached(api::<Pod>(&client, ns), ours.clone());
+    let (pods, pod_events) = cached_trimmed(api::<Pod>(&client, ns), ours.clone(), trim_pod);
     let (claims, claim_events) = cached(api::<PersistentVolumeClaim>(&client, ns), ours.clone());
     let (revisions, revision_events) = cached(api::<ControllerRevision>(&client, ns), ours.clone());
     let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);
