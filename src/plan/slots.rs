@@ -48,8 +48,11 @@ pub(super) fn plan(
             }
         }
         // A slot gets a new pod only once no pod of it exists at all, terminating ones
-        // included: two pods must never share a slot's storage or identity.
-        if pods.is_empty() {
+        // included: two pods must never share a slot's storage or identity. Nor while a
+        // claim of it is being deleted: the pod would wait on a claim that is going away,
+        // and the new claim comes only once the old one is gone.
+        let claim_leaving = seen.claims.iter().any(|c| c.slot == ordinal && c.deleting);
+        if pods.is_empty() && !claim_leaving {
             if ordered && !predecessors_ready(&by_slot, ordinal) {
                 break;
             }

@@ -155,7 +155,7 @@ pub fn terminating(pod: &Pod) -> bool {
 /// runs in two namespaces compare equal when they ended the same.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
-    /// slot → (pod name, revision, Ready and not terminating), every pod of the service.
+    /// slot → (pod name, revision, Ready and not terminating), every pod the service owns.
     pub pods: BTreeMap<i32, Vec<(String, String, bool)>>,
     /// claim name → slot.
     pub claims: BTreeMap<String, String>,
@@ -171,7 +171,14 @@ pub struct Snapshot {
 pub async fn snapshot(ns: &TestNamespace, name: &str) -> Snapshot {
     let selector = ListParams::default().labels(&format!("{LABEL_SERVICE}={name}"));
     let mut pods: BTreeMap<i32, Vec<(String, String, bool)>> = BTreeMap::new();
-    for p in ns.api::<Pod>().list(&selector).await.expect("list pods") {
+    let pods_of_service = ns.api::<Pod>().list(&selector).await.expect("list pods");
+    // Pods that only wear the labels are not the service's (tests/hostile_input.rs).
+    let owned = |p: &Pod| {
+        p.owner_references()
+            .iter()
+            .any(|o| o.kind == "ResilientService" && o.name == name && o.controller == Some(true))
+    };
+    for p in pods_of_service.into_iter().filter(owned) {
         let revision = p.labels().get(LABEL_REVISION).cloned().unwrap_or_default();
         let up = ready(&p) && !terminating(&p);
         pods.entry(slot(&p))
