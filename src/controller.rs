@@ -491,6 +491,7 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
     metrics.leader.set(1);
 
     tracing::info!(namespaces = ?args.namespaces, concurrency = args.concurrency, "perennial starting");
+    act::arm_kill_point();
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {

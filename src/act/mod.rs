@@ -2,8 +2,11 @@
 //! Events, and the status, written only when it changed.
 
 mod events;
+mod kill_point;
 
 pub use events::event_for;
+pub use kill_point::arm as arm_kill_point;
+use kill_point::wrote;
 
 use futures::{stream, TryStreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -188,7 +191,10 @@ async fn perform(
                 )
                 .await
             {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    wrote(|| format!("force-delete pod {name}"));
+                    Ok(())
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 Err(source) => Err(Error {
                     what: format!("force-delete pod {name}"),
@@ -211,7 +217,7 @@ async fn perform(
                 serde_json::json!({"metadata": {"annotations": {ANNOTATION_BAD_REVISION: reason}}});
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map(|_| ())
+                .map(|_| wrote(|| format!("mark revision {name} failed")))
                 .map_err(|source| Error {
                     what: format!("mark revision {name} failed"),
                     source,
@@ -235,7 +241,10 @@ where
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            wrote(|| format!("create {}", object.name_any()));
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(source) => Err(Error {
             what: format!("create {}", object.name_any()),
@@ -255,7 +264,7 @@ where
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(&object.name_any(), &params, &Patch::Apply(&body))
         .await
-        .map(|_| ())
+        .map(|_| wrote(|| format!("apply {} {}", K::kind(&()), object.name_any())))
         .map_err(|source| Error {
             what: format!("apply {} {}", K::kind(&()), object.name_any()),
             source,
@@ -268,7 +277,10 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            wrote(|| format!("delete {name}"));
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(source) => Err(Error {
             what: format!("delete {name}"),
@@ -300,7 +312,10 @@ async fn write_status(
         )
         .await;
     match written {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            wrote(|| format!("status of {}", svc.name_any()));
+            Ok(())
+        }
         // The newer copy is on its way through the watch and gets a pass of its own.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
@@ -338,6 +353,6 @@ async fn taint_out_of_service(client: &Client, node: &str) -> Result<(), Error> 
     let patch = serde_json::json!({"spec": {"taints": taints}});
     api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map(|_| ())
+        .map(|_| wrote(|| format!("taint node {node}")))
         .map_err(err)
 }

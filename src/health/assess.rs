@@ -42,6 +42,9 @@ pub struct RevisionView {
     pub number: i64,
     /// Marked failed by an earlier rollback; not rolled out again.
     pub bad: bool,
+    /// Its record is the template its name says (the name carries the template's hash).
+    /// Data cannot be edited, but a revision can be deleted and made again by someone else.
+    pub intact: bool,
 }
 
 /// Whether the named headless Service exists, and whose it is.
@@ -159,6 +162,9 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
             name: r.name_any(),
             number: r.revision,
             bad: r.annotations().contains_key(ANNOTATION_BAD_REVISION),
+            intact: build::recorded_template(r).is_some_and(|t| {
+                r.name_any() == format!("{}-{}", svc.name_any(), build::template_hash(&t))
+            }),
         })
         .collect();
 
@@ -250,4 +256,41 @@ fn volume_node(pv: &PersistentVolume) -> Option<String> {
             Some([one]) => Some(one.clone()),
             _ => None,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn svc() -> ResilientService {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_revision_is_intact_only_when_its_record_hashes_to_its_name() {
+        let svc = svc();
+        let ours = build::desired_revision(&svc, 1);
+        let mut forged = ours.clone();
+        forged.data = Some(k8s_openapi::apimachinery::pkg::runtime::RawExtension(
+            serde_json::json!({"spec": {"template": "not a pod template"}}),
+        ));
+        let mut other = svc.clone();
+        other.spec.template.metadata = Some(Default::default());
+        let mut swapped = build::desired_revision(&other, 1);
+        swapped.metadata.name = ours.metadata.name.clone();
+        let observed = Observed {
+            revisions: vec![Arc::new(ours), Arc::new(forged), Arc::new(swapped)],
+            ..Default::default()
+        };
+        let seen = assess(&svc, &observed, Timestamp::UNIX_EPOCH);
+        let intact: Vec<bool> = seen.revisions.iter().map(|r| r.intact).collect();
+        assert_eq!(intact, vec![true, false, false]);
+    }
 }

@@ -19,6 +19,9 @@ use crate::health::{Assessment, NodeHealth, PodState, PodView};
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// How a slot's note says that its claim was deleted under its running pod.
+const CLAIM_DELETED_UNDER_POD: &str = "is being deleted while it is in use by pod";
+
 /// What repair decided for one slot, for the ledger.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct SlotNote {
@@ -221,6 +224,19 @@ pub(super) fn plan(
             continue;
         }
 
+        // A claim deleted by hand while its pod runs stays until the pod goes (the API
+        // server protects claims in use). The pod is not replaced for it: its data may be
+        // all that is left, and the deletion may have been a mistake. A person decides.
+        if let Some(claim) = seen.claims.iter().find(|c| c.slot == slot && c.deleting) {
+            note.waiting_for = Some(match pods.iter().find(|p| p.state != PodState::Terminating) {
+                Some(pod) => format!(
+                    "a person: claim {} {CLAIM_DELETED_UNDER_POD} {}; delete the pod for the slot to start again with a new, empty claim",
+                    claim.name, pod.name
+                ),
+                None => format!("claim {} to be deleted before the slot gets a new one", claim.name),
+            });
+        }
+
         // A claim whose volume went with a node, while the slot has no pod to move.
         if pods.is_empty() {
             // The pod was lost with its node and is gone since (force-deleted, by a person
@@ -397,15 +413,17 @@ fn ledger_verdict(
         })
         .map(|(slot, n)| describe(slot, n))
         .collect();
-    let first_volume = notes.values().any(|n| {
-        n.waiting_for
-            .as_deref()
-            .is_some_and(|w| w.contains("claim"))
-    });
+    let mentions = |what: &str| {
+        notes
+            .values()
+            .any(|n| n.waiting_for.as_deref().is_some_and(|w| w.contains(what)))
+    };
     (!waiting.is_empty()).then(|| Decided {
         type_: condition::DEGRADED,
         status: true,
-        reason: if first_volume {
+        reason: if mentions(CLAIM_DELETED_UNDER_POD) {
+            "ClaimDeleted"
+        } else if mentions("claim") {
             "VolumeLost"
         } else {
             "NodeLost"

@@ -10,9 +10,18 @@ pub(super) fn plan(
     update_revision: &str,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    if !seen.revisions.iter().any(|r| r.name == update_revision) {
-        let number = seen.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
-        actions.push(Action::CreateRevision { number });
+    match seen.revisions.iter().find(|r| r.name == update_revision) {
+        None => {
+            let number = seen.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+            actions.push(Action::CreateRevision { number });
+        }
+        // Someone else's record under the update revision's name: pods of it are built
+        // from the spec, but a later rollback to it would read the record. It goes, and
+        // the next pass records the template again.
+        Some(r) if !r.intact => actions.push(Action::DeleteRevision {
+            name: r.name.clone(),
+        }),
+        Some(_) => {}
     }
     // Revisions in use by a pod, and the update revision, are never trimmed.
     let mut old: Vec<_> = seen

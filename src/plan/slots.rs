@@ -50,12 +50,15 @@ pub(super) fn plan(
             }
         }
         // A slot with claims gets a new pod only once no pod of it exists at all,
-        // terminating ones included: two pods must never share a slot's storage. A slot
-        // without claims shares nothing, and its replacement starts while the old pod
-        // terminates, under whichever of its two names is free.
+        // terminating ones included: two pods must never share a slot's storage. Nor while
+        // a claim of it is being deleted: the pod would wait on a claim that is going away,
+        // and the new claim comes only once the old one is gone. A slot without claims
+        // shares nothing, and its replacement starts while the old pod terminates, under
+        // whichever of its two names is free.
+        let claim_leaving = seen.claims.iter().any(|c| c.slot == ordinal && c.deleting);
         let vacant =
             pods.is_empty() || (stateless && pods.iter().all(|p| p.state == PodState::Terminating));
-        if vacant {
+        if vacant && !claim_leaving {
             let revision = targets.revision_for(ordinal);
             let name = [
                 build::pod_name(svc, ordinal, revision),

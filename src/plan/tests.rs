@@ -68,6 +68,7 @@ fn converged(svc: &ResilientService) -> Assessment {
             name: rev,
             number: 1,
             bad: false,
+            intact: true,
         }],
         service: ServiceState::Ours { up_to_date: true },
         budget_up_to_date: Some(true),
@@ -117,6 +118,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                         name,
                         number: *number,
                         bad: false,
+                        intact: true,
                     });
                 }
             }
@@ -296,6 +298,71 @@ fn with_pod_named(
 }
 
 #[test]
+fn claim_deleted_under_its_pod_is_reported_and_the_slot_restarts_only_once_the_claim_is_gone() {
+    let svc = service(3, true);
+    let mut seen = converged(&svc);
+    seen.claims[1].deleting = true;
+    // The pod keeps the claim (and its data) until a person lets it go: nothing is done,
+    // and the service says why.
+    let p = plan(&svc, &seen);
+    assert_eq!(p.actions, vec![]);
+    let degraded = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("a Degraded condition");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ClaimDeleted")
+    );
+    assert!(
+        degraded.message.contains("data-web-1") && degraded.message.contains("slot 1"),
+        "{}",
+        degraded.message
+    );
+    // The pod was deleted; the claim is still going: no pod that would wait on it.
+    seen.pods.remove(1);
+    let p = plan(&svc, &seen);
+    assert_eq!(p.actions, vec![]);
+    assert_ne!(p.status.reason.as_deref(), Some("ClaimDeleted"));
+    // The claim is gone: a new claim, then the pod (in that order when carried out).
+    seen.claims.remove(1);
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![
+            Action::CreateClaim {
+                template: "data".into(),
+                ordinal: 1
+            },
+            Action::CreatePod {
+                ordinal: 1,
+                revision: revision_name(&svc),
+                name: pod_name(&svc, 1, &revision_name(&svc)),
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_forged_record_of_the_update_revision_is_replaced_and_pods_are_left_alone() {
+    let svc = service(3, false);
+    let mut seen = converged(&svc);
+    seen.revisions[0].intact = false;
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![Action::DeleteRevision {
+            name: revision_name(&svc)
+        }]
+    );
+    seen.revisions.clear();
+    assert_eq!(
+        plan(&svc, &seen).actions,
+        vec![Action::CreateRevision { number: 1 }]
+    );
+}
+
+#[test]
 fn scale_down_removes_highest_ordinals_and_keeps_claims_by_default() {
     let mut svc = service(5, true);
     let seen = converged(&svc);
@@ -443,6 +510,7 @@ fn revision_history_is_trimmed_to_the_limit_but_never_below_what_pods_use() {
             name: format!("web-old{n}"),
             number: n,
             bad: false,
+            intact: true,
         });
     }
     seen.pods.push(PodView {
@@ -1058,6 +1126,7 @@ mod rollouts {
             name: new.clone(),
             number: 2,
             bad: false,
+            intact: true,
         });
         svc.status = Some(ResilientServiceStatus {
             current_revision: Some(old.clone()),
@@ -1252,6 +1321,7 @@ mod rollouts {
             name: newer.clone(),
             number: 3,
             bad: false,
+            intact: true,
         });
         let p = pass(&mut svc, &at(10, &seen));
         assert_eq!(p.status.reason, None);

@@ -15,8 +15,11 @@ use kube::{Client, Config, CustomResourceExt};
 use tokio::sync::OnceCell;
 
 mod leadership;
+mod scenario;
 #[allow(unused_imports)] // each test binary uses its own part
 pub use leadership::*;
+#[allow(unused_imports)] // each test binary uses its own part
+pub use scenario::*;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
