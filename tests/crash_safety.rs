@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use perennial::api::ResilientService;
 use serde_json::json;
+use support::scenario::*;
 use support::*;
 
 /// Convergence of a handful of pods on KWOK nodes, with room for a busy machine running

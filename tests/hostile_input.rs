@@ -16,6 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use perennial::api::{ResilientService, LABEL_REVISION, LABEL_SERVICE, LABEL_SLOT};
 use serde_json::{json, Value};
+use support::scenario::*;
 use support::*;
 
 /// Convergence of a handful of pods on KWOK nodes, with room for a busy machine.

@@ -15,11 +15,11 @@ use kube::{Client, Config, CustomResourceExt};
 use tokio::sync::OnceCell;
 
 mod leadership;
-mod scenario;
+/// Scenario helpers (services, snapshots, pod watches) of the crash-safety and hostile-input
+/// tests; imported by name, since the soak keeps helpers of the same names for itself.
+pub mod scenario;
 #[allow(unused_imports)] // each test binary uses its own part
 pub use leadership::*;
-#[allow(unused_imports)] // each test binary uses its own part
-pub use scenario::*;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
