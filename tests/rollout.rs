@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,6 +22,7 @@ use perennial::api::{
     ResilientService, ANNOTATION_BAD_REVISION, ANNOTATION_PROMOTE, LABEL_REVISION, LABEL_SLOT,
 };
 use serde_json::{json, Value};
+use support::scenario::Volumes;
 use support::*;
 
 /// Time for a whole rollout of a dozen pods on KWOK nodes, with room for a busy machine.
@@ -484,53 +485,6 @@ impl Bounds {
                 "available {avail}, alive {live}: {}",
                 describe(&w.pods)
             ));
-        }
-    }
-}
-
-/// Local PersistentVolumes of a test's own, one per slot on a different zone's node, each
-/// reserved for its slot's claim (`claimRef`): the shared pool may be used up by earlier
-/// runs (volumes are retained), and no other test can take these. Deleted on drop.
-struct Volumes {
-    names: Vec<String>,
-}
-
-impl Volumes {
-    async fn reserve(ns: &TestNamespace, template: &str, svc: &str, replicas: i32) -> Self {
-        let api: Api<PersistentVolume> = Api::all(ns.client.clone());
-        let mut names = Vec::new();
-        for slot in 0..replicas {
-            let name = format!("{}-{template}-{slot}", ns.name);
-            let node = format!("kwok-node-{}", slot % 3);
-            let pv: PersistentVolume = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"perennial.dev/test": "rollout"}},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "local",
-                    "volumeMode": "Filesystem",
-                    "local": {"path": format!("/var/lib/local-volumes/{name}")},
-                    "claimRef": {"namespace": ns.name, "name": format!("{template}-{svc}-{slot}")},
-                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-                    ]}]}}
-                }
-            }))
-            .expect("a valid PersistentVolume");
-            api.create(&PostParams::default(), &pv)
-                .await
-                .expect("create a local volume");
-            names.push(name);
-        }
-        Self { names }
-    }
-}
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        for pv in &self.names {
-            let _ = kubectl(&["delete", "pv", pv, "--wait=false", "--ignore-not-found"]);
         }
     }
 }
