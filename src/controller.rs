@@ -211,7 +211,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         let ns = s.namespace()?;
         Some(ObjectRef::new(&s.name_any()).within(&ns))
     })
-    .watches_stream(node_events, node_to_services)
+    .watches_stream(node_news(node_events, nodes.clone()), node_to_services)
     // Renewals are not news; a node that falls silent or wakes up is (below).
     .watches_stream(lease_events, |_: Lease| None::<ObjectRef<ResilientService>>)
     .watches_stream(volume_events, |_: PersistentVolume| {
@@ -280,6 +280,34 @@ fn heartbeat_changes(
             }
         }
         futures::stream::iter(changed)
+    })
+}
+
+/// The node events that matter: a change of what the operator judges a node by, or its
+/// deletion. Status heartbeats rewrite every Node every few seconds; passed on, each one
+/// would reconcile every service with a pod there.
+fn node_news(
+    events: impl Stream<Item = Result<Node, watcher::Error>> + Send,
+    store: Store<Node>,
+) -> impl Stream<Item = Result<Node, watcher::Error>> + Send {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let news = match event {
+            Ok(node) => {
+                let name = node.name_any();
+                // The store is written before the event is passed on: a node it no longer
+                // holds was deleted.
+                if store.get(&ObjectRef::new(&name)).is_none() {
+                    seen.remove(&name);
+                    Some(Ok(node))
+                } else {
+                    let print = health::node_fingerprint(&node);
+                    (seen.insert(name, print) != Some(print)).then_some(Ok(node))
+                }
+            }
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(news)
     })
 }
 

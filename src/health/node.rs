@@ -150,6 +150,41 @@ pub fn seconds_until_lost(
         .min()
 }
 
+/// What of a Node the operator's judgement depends on: labels (failure domains), taints,
+/// whether it is cordoned, its Ready condition and whether it is being deleted. Two states
+/// with the same fingerprint are the same to the operator: a kubelet's status heartbeat,
+/// which rewrites the Node every few seconds on every node, is not news.
+pub fn node_fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.metadata.labels.hash(&mut h);
+    node.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .hash(&mut h);
+    if let Some(spec) = &node.spec {
+        spec.unschedulable.hash(&mut h);
+        for t in spec.taints.iter().flatten() {
+            (&t.key, &t.value, &t.effect).hash(&mut h);
+        }
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    if let Some(c) = ready {
+        (
+            &c.status,
+            c.last_transition_time.as_ref().map(|t| t.0),
+            &c.reason,
+        )
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
 impl NodeHealth {
     /// Seconds until a loss without evidence, judged with `lost_after_seconds` and told by
     /// the verdict's `message`, has lasted long enough to be acted on; 0 when it has (see
@@ -383,5 +418,33 @@ mod tests {
             judge_node("n1", Some(&node), old_record, at(NOW), 10),
             NodeHealth::Healthy
         );
+    }
+
+    #[test]
+    fn a_status_heartbeat_does_not_change_a_nodes_fingerprint_but_what_is_judged_does() {
+        let base = node("True", NOW - 1000, false);
+        let mut beat = base.clone();
+        for c in beat.status.as_mut().unwrap().conditions.as_mut().unwrap() {
+            c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+                NOW,
+            )));
+        }
+        beat.metadata.resource_version = Some("42".into());
+        assert_eq!(node_fingerprint(&beat), node_fingerprint(&base));
+        assert_ne!(
+            node_fingerprint(&node("False", NOW, false)),
+            node_fingerprint(&base)
+        );
+        assert_ne!(
+            node_fingerprint(&node("True", NOW - 1000, true)),
+            node_fingerprint(&base)
+        );
+        let mut relabelled = base.clone();
+        relabelled.metadata.labels =
+            Some([("topology.kubernetes.io/zone".to_string(), "b".to_string())].into());
+        assert_ne!(node_fingerprint(&relabelled), node_fingerprint(&base));
+        let mut cordoned = base.clone();
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert_ne!(node_fingerprint(&cordoned), node_fingerprint(&base));
     }
 }
