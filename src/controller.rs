@@ -241,11 +241,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     ready.abort();
 }
 
-/// How often node heartbeats are checked, and the silence after which a node is suspect
-/// (the floor of spec.repair.nodeLostAfterSeconds). A dead node sends no event; this turns
-/// its silence into one, and services then requeue at their own threshold.
+/// How often node heartbeats are checked. A dead node sends no event; this turns its
+/// silence into one once a renewal is missed (health::SUSPECT_AFTER_SECONDS, the floor of
+/// spec.repair.nodeLostAfterSeconds), and services then requeue at their own threshold.
+/// A live node whose renewal is merely due is not news: at 10 s every node would flap
+/// silent and back on each renewal, reconciling every service with a pod there.
 const HEARTBEAT_CHECK: Duration = Duration::from_secs(1);
-const SUSPECT_AFTER: Duration = Duration::from_secs(10);
 
 /// Emits a node each time its heartbeat goes silent or comes back.
 fn heartbeat_changes(
@@ -266,7 +267,7 @@ fn heartbeat_changes(
             }
             .silence(now)
             .unwrap_or(0);
-            let is_silent = age >= SUSPECT_AFTER.as_secs() as i64;
+            let is_silent = age >= health::SUSPECT_AFTER_SECONDS;
             let was_silent = silent.contains(&name);
             if is_silent != was_silent {
                 if is_silent {

@@ -5,5 +5,8 @@ mod node;
 mod pod;
 
 pub use assess::{assess, Assessment, ClaimView, PodView, RevisionView, ServiceState};
-pub use node::{judge_node, node_fingerprint, Heartbeat, NodeHealth, OUT_OF_SERVICE_TAINT};
+pub use node::{
+    judge_node, node_fingerprint, Heartbeat, NodeHealth, OUT_OF_SERVICE_TAINT,
+    SUSPECT_AFTER_SECONDS,
+};
 pub use pod::{judge_pod, PodState, UNSCHEDULABLE_GRACE};

@@ -17,6 +17,10 @@ const LEASE_RENEW_SECONDS: i64 = 10;
 /// is a moment away is never judged lost.
 const MIN_LOST_AFTER_SECONDS: i64 = LEASE_RENEW_SECONDS + 2;
 
+/// The silence after which a node is suspect, worth a look when it would be lost: a
+/// renewal missed by more than a moment. The least loss threshold, too.
+pub const SUSPECT_AFTER_SECONDS: i64 = MIN_LOST_AFTER_SECONDS;
+
 /// How much longer than the threshold a loss lasts before it is acted on. Nodes that fail at
 /// the same moment stop renewing up to one renewal interval apart, so the first one is
 /// judged lost up to that much before the others; by the time it has been lost this long,
@@ -133,7 +137,9 @@ pub fn seconds_until_lost(
     let age = |t: Timestamp| now.as_second() - t.as_second();
     let by_lease = heartbeat
         .silence(now)
-        .filter(|&a| a >= LEASE_RENEW_SECONDS)
+        // A renewal due any moment is not a missed one: rechecking then would only find
+        // the node renewed, and pick the same moment of the next cycle, for ever.
+        .filter(|&a| a >= SUSPECT_AFTER_SECONDS)
         .map(|a| lost_after_seconds.max(MIN_LOST_AFTER_SECONDS) - a);
     let by_ready = node
         .status
@@ -362,10 +368,10 @@ mod tests {
         let node = node("True", NOW - 1000, false);
         let fresh = seconds_until_lost(Some(&node), beat(&lease(NOW - 3)), at(NOW), 30);
         assert_eq!(fresh, None, "a node that renews on time needs no recheck");
-        let silent = seconds_until_lost(Some(&node), beat(&lease(NOW - 11)), at(NOW), 30);
-        assert_eq!(silent, Some(19));
-        let floor = seconds_until_lost(Some(&node), beat(&lease(NOW - 10)), at(NOW), 10);
-        assert_eq!(floor, Some(2), "the floor of 12 s applies");
+        let due = seconds_until_lost(Some(&node), beat(&lease(NOW - 11)), at(NOW), 30);
+        assert_eq!(due, None, "a renewal due any moment is not a missed one");
+        let silent = seconds_until_lost(Some(&node), beat(&lease(NOW - 12)), at(NOW), 30);
+        assert_eq!(silent, Some(18));
         let lost = seconds_until_lost(Some(&node), beat(&lease(NOW - 40)), at(NOW), 30);
         assert_eq!(lost, None, "a lost node is judged, not rechecked");
         let unready = node_unready_since(NOW - 4);
@@ -392,12 +398,12 @@ mod tests {
             NodeHealth::Healthy
         );
         assert_eq!(seconds_until_lost(Some(&node), back, at(NOW), 10), None);
-        // Silent 11 s since: rechecked a moment before the floor of 12 s.
+        // Silent 12 s since: rechecked when the threshold of 20 s is reached.
         let later = Heartbeat {
-            heard: Some(at(NOW - 11)),
+            heard: Some(at(NOW - 12)),
             ..back
         };
-        assert_eq!(seconds_until_lost(Some(&node), later, at(NOW), 10), Some(1));
+        assert_eq!(seconds_until_lost(Some(&node), later, at(NOW), 20), Some(8));
         // Witnessed for the whole threshold: lost, with the witnessed silence in the message.
         let witnessed = Heartbeat {
             heard: Some(at(NOW - 12)),
