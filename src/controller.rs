@@ -72,6 +72,23 @@ where
     }
 }
 
+/// What a watch cache needs of its objects.
+trait Cacheable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Cacheable for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A cache fed by a watch; managed fields are dropped, since nothing reads them.
 fn cached<K>(
     api: Api<K>,
@@ -81,13 +98,7 @@ fn cached<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cacheable,
 {
     cached_trimmed(api, config, |_| {})
 }
@@ -102,13 +113,7 @@ fn cached_trimmed<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cacheable,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(

@@ -347,9 +347,18 @@ impl Drop for Operator {
 /// Writes (create, update, patch, delete) the operator's identity made in `namespace`,
 /// from the API server's audit log: counted by the server, not by the operator.
 pub fn operator_writes(namespace: &str) -> Vec<String> {
+    operator_write_entries(namespace)
+        .iter()
+        .map(describe_write)
+        .collect()
+}
+
+/// The audit entries (completed) of writes the operator's identity made in `namespace`.
+pub fn operator_write_entries(namespace: &str) -> Vec<serde_json::Value> {
     let path = cluster_dir().join("logs/audit.log");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     text.lines()
+        .filter(|line| line.contains("perennial-operator") && line.contains(namespace))
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|e| e["user"]["username"] == "perennial-operator")
         .filter(|e| {
@@ -358,15 +367,17 @@ pub fn operator_writes(namespace: &str) -> Vec<String> {
         })
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .filter(|e| e["stage"] == "ResponseComplete")
-        .map(|e| {
-            format!(
-                "{} {} {}",
-                e["verb"].as_str().unwrap_or_default(),
-                e["objectRef"]["resource"].as_str().unwrap_or_default(),
-                e["objectRef"]["name"].as_str().unwrap_or_default()
-            )
-        })
         .collect()
+}
+
+/// `<verb> <resource> <name>` of an audit entry.
+pub fn describe_write(e: &serde_json::Value) -> String {
+    format!(
+        "{} {} {}",
+        e["verb"].as_str().unwrap_or_default(),
+        e["objectRef"]["resource"].as_str().unwrap_or_default(),
+        e["objectRef"]["name"].as_str().unwrap_or_default()
+    )
 }
 
 /// The Helm the harness built, matching the cluster's version.

@@ -441,35 +441,15 @@ impl Operator {
 /// API server accepted, from the audit log: what the kill point counts, counted by the
 /// server.
 pub fn accepted_object_writes(namespace: &str) -> Vec<String> {
-    let path = super::kubeconfig_path()
-        .parent()
-        .expect("the kubeconfig lives in the cluster's state directory")
-        .join("logs/audit.log");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.lines()
-        .filter(|line| line.contains("perennial-operator") && line.contains(namespace))
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| e["user"]["username"] == "perennial-operator")
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| e["objectRef"]["namespace"] == namespace)
+    super::operator_write_entries(namespace)
+        .iter()
         .filter(|e| e["objectRef"]["resource"] != "events")
-        .filter(|e| {
-            let verb = e["verb"].as_str().unwrap_or_default();
-            ["create", "update", "patch", "delete"].contains(&verb)
-        })
         .filter(|e| {
             e["responseStatus"]["code"]
                 .as_i64()
                 .is_some_and(|c| c < 300)
         })
-        .map(|e| {
-            format!(
-                "{} {} {}",
-                e["verb"].as_str().unwrap_or_default(),
-                e["objectRef"]["resource"].as_str().unwrap_or_default(),
-                e["objectRef"]["name"].as_str().unwrap_or_default()
-            )
-        })
+        .map(super::describe_write)
         .collect()
 }
 
