@@ -62,6 +62,11 @@ pub fn event_for(action: &Action) -> Option<Event> {
                 secondary: None,
             })
         }
+        Action::ClearAbort { value } => (
+            "AbortCleared",
+            format!("removed the annotation perennial.dev/abort={value}: the rollout it asked to abort is rolled back, or none is going on"),
+            "Update",
+        ),
         Action::ApplyService | Action::ApplyDisruptionBudget | Action::DeleteRevision { .. } => {
             return None
         }

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, FIELD_MANAGER};
+use crate::api::{ResilientService, ANNOTATION_ABORT, ANNOTATION_BAD_REVISION, FIELD_MANAGER};
 use crate::build;
 use crate::plan::{Action, Plan};
 
@@ -83,6 +83,7 @@ fn phase_of(action: &Action) -> u8 {
         | Action::DeleteClaim { .. }
         | Action::DeleteRevision { .. }
         | Action::MarkRevisionBad { .. }
+        | Action::ClearAbort { .. }
         | Action::ForceDeletePod { .. }
         | Action::RebuildClaim { .. } => 2,
     }
@@ -210,6 +211,7 @@ async fn perform(
             .await
         }
         Action::TaintNode { node } => taint_out_of_service(client, node).await,
+        Action::ClearAbort { value } => clear_abort(client, ns, svc, value).await,
         Action::MarkRevisionBad { name, reason } => {
             let api = Api::<ControllerRevision>::namespaced(client.clone(), ns);
             let reason: String = reason.chars().take(512).collect();
@@ -355,4 +357,36 @@ async fn taint_out_of_service(client: &Client, node: &str) -> Result<(), Error> 
         .await
         .map(|_| wrote(|| format!("taint node {node}")))
         .map_err(err)
+}
+
+/// Removes the abort annotation, only while the service is as the plan saw it (the resource
+/// version makes the patch conditional): a person who set it again meanwhile, for the next
+/// rollout, keeps theirs.
+async fn clear_abort(
+    client: &Client,
+    ns: &str,
+    svc: &ResilientService,
+    value: &str,
+) -> Result<(), Error> {
+    let api: Api<ResilientService> = Api::namespaced(client.clone(), ns);
+    let name = svc.name_any();
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": svc.metadata.resource_version,
+        "annotations": {ANNOTATION_ABORT: null},
+    }});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            wrote(|| format!("clear {ANNOTATION_ABORT}={value} on {name}"));
+            Ok(())
+        }
+        // Changed or gone meanwhile: the next pass judges what is there now.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(source) => Err(Error {
+            what: format!("clear {ANNOTATION_ABORT} on {name}"),
+            source,
+        }),
+    }
 }

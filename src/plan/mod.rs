@@ -55,6 +55,9 @@ pub enum Action {
     TaintNode { node: String },
     /// Delete a claim so that its slot gets a new, empty one (repair.storage.onVolumeLost).
     RebuildClaim { name: String, reason: String },
+    /// Remove the abort annotation, if it still holds `value`: the abort was carried out, or
+    /// names no rollout that is going on.
+    ClearAbort { value: String },
 }
 
 /// What to do, and what to report.
@@ -81,7 +84,13 @@ pub fn plan(svc: &ResilientService, seen: &Assessment) -> Plan {
     }
     let decision = rollout::decide(svc, seen, &update_revision);
     actions.extend(decision.actions.iter().cloned());
-    let moves = rollout::moves(svc, seen, &decision.targets);
+    // A stable revision not yet recorded as current keeps its pods until it is: the status
+    // write of this pass is the record, and the next pass moves on from it.
+    let moves = if decision.record_stable_first {
+        Vec::new()
+    } else {
+        rollout::moves(svc, seen, &decision.targets)
+    };
     actions.extend(slots::plan(svc, seen, &decision.targets, &moves));
     actions.extend(moves);
     let rolling = (decision.targets.hold != decision.targets.target)

@@ -65,19 +65,13 @@ pub(super) fn compute(
         .iter()
         .filter(|p| p.revision == update_revision)
         .count() as i32;
-    // A revision becomes current once it serves: every replica on it and available. Pods
-    // that merely run it (all of them, after a Recreate) prove nothing, and a rollback
-    // needs the revision that did serve.
+    // Complete once every replica runs the update revision and is available.
     let all_updated_and_available = replicas == desired
         && updated == desired
         && available == desired
         && live.iter().all(|p| p.revision == update_revision);
-    let current_revision = if all_updated_and_available && rollout.targets.target == update_revision
-    {
-        update_revision.to_string()
-    } else {
-        rollout.targets.hold.clone()
-    };
+    // The revision that last served every replica, as the rollout judged it from the pods.
+    let current_revision = rollout.targets.hold.clone();
     if let Some(r) = rollout.requeue {
         requeue = Some(requeue.map_or(r, |q| q.min(r)));
     }

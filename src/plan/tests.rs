@@ -10,6 +10,8 @@ use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService};
 use crate::build::{pod_name, revision_name};
 use crate::health::{Assessment, ClaimView, PodState, PodView, RevisionView, ServiceState};
 
+mod rollback;
+
 const OLD_REVISION: &str = "web-0000000000";
 
 fn service(replicas: i32, storage: bool) -> ResilientService {
@@ -165,7 +167,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                     c.deleting = true;
                 }
             }
-            Action::TaintNode { .. } => {}
+            Action::TaintNode { .. } | Action::ClearAbort { .. } => {}
             Action::MarkRevisionBad { name, .. } => {
                 for r in next.revisions.iter_mut().filter(|r| &r.name == name) {
                     r.bad = true;
