@@ -8,9 +8,10 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use support::nodes::wait_node_state;
 use support::*;
 
 const CHAOS_LABEL: &str = "chaos.perennial.dev/mode";
@@ -109,65 +110,12 @@ fn summary(pod: &Pod) -> String {
     )
 }
 
-/// Waits until `check` accepts the pod `name`, and returns what it returned.
-async fn wait_pod<T>(
-    pods: &Api<Pod>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Pod) -> Result<T, String>,
-) -> T {
-    let check = &check;
-    wait_for(&format!("pod {name}: {what}"), timeout, || {
-        let pods = pods.clone();
-        async move {
-            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-            check(&pod)
-        }
-    })
-    .await
-}
-
-fn node_ready(node: &Node) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status.clone())
-}
-
-fn node_tainted(node: &Node, key: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == key))
-}
-
-/// Waits until `check` accepts the node `name`.
-async fn wait_node(
-    nodes: &Api<Node>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Node) -> bool,
-) {
-    let check = &check;
-    wait_for(&format!("node {name}: {what}"), timeout, || {
-        let nodes = nodes.clone();
-        async move {
-            let node = nodes.get(name).await.map_err(|e| e.to_string())?;
-            let taints: Vec<String> = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.taints.as_ref())
-                .map(|ts| ts.iter().map(|t| t.key.clone()).collect())
-                .unwrap_or_default();
-            check(&node)
-                .then_some(())
-                .ok_or(format!("Ready={:?}, taints={taints:?}", node_ready(&node)))
-        }
+/// Waits until the pod `name` reports Ready=`ready`.
+async fn wait_pod_ready(pods: &Api<Pod>, name: &str, ready: &str, what: &str) {
+    wait_object(pods, name, what, POD_TIMEOUT, |p| {
+        (condition(p, "Ready").as_deref() == Some(ready))
+            .then_some(())
+            .ok_or(summary(p))
     })
     .await
 }
@@ -178,7 +126,7 @@ async fn crash_loop_pod_waits_in_crash_loop_back_off_with_rising_restarts_and_ne
     let pods: Api<Pod> = ns.api();
     create_pod(&pods, &pod_manifest("crasher", Some("crash-loop"))).await;
 
-    let seen = wait_pod(
+    let seen = wait_object(
         &pods,
         "crasher",
         "restartCount >= 2, waiting in CrashLoopBackOff",
@@ -211,7 +159,7 @@ async fn crash_loop_pod_waits_in_crash_loop_back_off_with_rising_restarts_and_ne
 
     // And it goes on: another restart, still unready.
     let before = restarts(&seen);
-    wait_pod(
+    wait_object(
         &pods,
         "crasher",
         "one more restart, still unready",
@@ -231,7 +179,7 @@ async fn oom_pod_restarts_again_and_again_with_its_last_termination_oom_killed()
     let pods: Api<Pod> = ns.api();
     create_pod(&pods, &pod_manifest("hog", Some("oom"))).await;
 
-    let first = wait_pod(
+    let first = wait_object(
         &pods,
         "hog",
         "last state terminated OOMKilled",
@@ -242,7 +190,7 @@ async fn oom_pod_restarts_again_and_again_with_its_last_termination_oom_killed()
         },
     )
     .await;
-    let later = wait_pod(
+    let later = wait_object(
         &pods,
         "hog",
         "restartCount rising, each time OOMKilled",
@@ -270,7 +218,7 @@ async fn fail_pod_ends_in_phase_failed_with_a_reason() {
     let pods: Api<Pod> = ns.api();
     create_pod(&pods, &pod_manifest("quitter", Some("fail"))).await;
 
-    let failed = wait_pod(&pods, "quitter", "phase Failed", POD_TIMEOUT, |p| {
+    let failed = wait_object(&pods, "quitter", "phase Failed", POD_TIMEOUT, |p| {
         (phase(p).as_deref() == Some("Failed"))
             .then(|| p.clone())
             .ok_or(summary(p))
@@ -299,18 +247,13 @@ async fn never_ready_pod_runs_but_stays_unready_after_a_healthy_twin_became_read
     create_pod(&pods, &pod_manifest("twin", None)).await;
 
     // Both start; the healthy twin's Ready is the clock that says "long enough".
-    wait_pod(&pods, "sulky", "Running", POD_TIMEOUT, |p| {
+    wait_object(&pods, "sulky", "Running", POD_TIMEOUT, |p| {
         (phase(p).as_deref() == Some("Running"))
             .then_some(())
             .ok_or(summary(p))
     })
     .await;
-    wait_pod(&pods, "twin", "Ready", POD_TIMEOUT, |p| {
-        (condition(p, "Ready").as_deref() == Some("True"))
-            .then_some(())
-            .ok_or(summary(p))
-    })
-    .await;
+    wait_pod_ready(&pods, "twin", "True", "Ready").await;
 
     let sulky = pods.get("sulky").await.expect("get the never-ready pod");
     assert_eq!(
@@ -336,39 +279,27 @@ async fn never_ready_pod_runs_but_stays_unready_after_a_healthy_twin_became_read
 #[tokio::test]
 async fn not_ready_node_reports_ready_false_until_node_back_makes_it_ready_again() {
     let client = client().await;
-    let node = TestNode::new(&client, "fault-not-ready", "zone-b").await;
-    let nodes: Api<Node> = Api::all(client.clone());
-
-    wait_node(&nodes, &node.name, "Ready", POD_TIMEOUT, |n| {
-        node_ready(n).as_deref() == Some("True")
-    })
-    .await;
+    let node = TestNode::ready(&client, "fault-not-ready", "zone-b").await;
 
     fault("node-not-ready", Some(&node.name));
     // The node says so itself (its Lease is still renewed, so not Unknown), and the node
     // lifecycle controller taints it for that.
-    wait_node(
-        &nodes,
+    wait_node_state(
+        &client,
         &node.name,
-        "Ready=False and the not-ready taint",
+        "False",
+        ("node.kubernetes.io/not-ready", true),
         POD_TIMEOUT,
-        |n| {
-            node_ready(n).as_deref() == Some("False")
-                && node_tainted(n, "node.kubernetes.io/not-ready")
-        },
     )
     .await;
 
     fault("node-back", Some(&node.name));
-    wait_node(
-        &nodes,
+    wait_node_state(
+        &client,
         &node.name,
-        "Ready=True without the not-ready taint",
+        "True",
+        ("node.kubernetes.io/not-ready", false),
         POD_TIMEOUT,
-        |n| {
-            node_ready(n).as_deref() == Some("True")
-                && !node_tainted(n, "node.kubernetes.io/not-ready")
-        },
     )
     .await;
 }
@@ -376,74 +307,37 @@ async fn not_ready_node_reports_ready_false_until_node_back_makes_it_ready_again
 #[tokio::test]
 async fn lost_node_turns_unknown_and_node_back_makes_it_ready_and_untainted_again() {
     let client = client().await;
-    let node = TestNode::new(&client, "fault-lost", "zone-c").await;
-    let nodes: Api<Node> = Api::all(client.clone());
+    let node = TestNode::ready(&client, "fault-lost", "zone-c").await;
     let ns = TestNamespace::new("fault-lost").await;
     let pods: Api<Pod> = ns.api();
-
-    wait_node(&nodes, &node.name, "Ready", POD_TIMEOUT, |n| {
-        node_ready(n).as_deref() == Some("True")
-    })
-    .await;
     create_pod(&pods, &pod_on_node("resident", &node.name)).await;
-    wait_pod(
-        &pods,
-        "resident",
-        "Ready on the test node",
-        POD_TIMEOUT,
-        |p| {
-            (condition(p, "Ready").as_deref() == Some("True"))
-                .then_some(())
-                .ok_or(summary(p))
-        },
-    )
-    .await;
+    wait_pod_ready(&pods, "resident", "True", "Ready on the test node").await;
 
     fault("node-lost", Some(&node.name));
-    wait_node(
-        &nodes,
+    wait_node_state(
+        &client,
         &node.name,
-        "Ready=Unknown and the unreachable taint",
+        "Unknown",
+        ("node.kubernetes.io/unreachable", true),
         NODE_LOST_TIMEOUT,
-        |n| {
-            node_ready(n).as_deref() == Some("Unknown")
-                && node_tainted(n, "node.kubernetes.io/unreachable")
-        },
     )
     .await;
-    wait_pod(&pods, "resident", "Ready=False", POD_TIMEOUT, |p| {
-        (condition(p, "Ready").as_deref() == Some("False"))
-            .then_some(())
-            .ok_or(summary(p))
-    })
-    .await;
+    wait_pod_ready(&pods, "resident", "False", "Ready=False").await;
 
     fault("node-back", Some(&node.name));
-    wait_node(
-        &nodes,
+    wait_node_state(
+        &client,
         &node.name,
-        "Ready=True without the unreachable taint",
+        "True",
+        ("node.kubernetes.io/unreachable", false),
         POD_TIMEOUT,
-        |n| {
-            node_ready(n).as_deref() == Some("True")
-                && !node_tainted(n, "node.kubernetes.io/unreachable")
-        },
     )
     .await;
-    wait_pod(&pods, "resident", "Ready again", POD_TIMEOUT, |p| {
-        (condition(p, "Ready").as_deref() == Some("True"))
-            .then_some(())
-            .ok_or(summary(p))
-    })
-    .await;
+    wait_pod_ready(&pods, "resident", "True", "Ready again").await;
 }
 
 fn controller_manager_pid() -> String {
-    let state_dir = kubeconfig_path()
-        .parent()
-        .expect("the kubeconfig lives in the cluster's state directory")
-        .to_path_buf();
-    std::fs::read_to_string(state_dir.join("pids/kube-controller-manager.pid"))
+    std::fs::read_to_string(cluster_dir().join("pids/kube-controller-manager.pid"))
         .expect("read the controller manager's pid file")
         .trim()
         .to_string()
@@ -476,18 +370,16 @@ async fn deployment_created_after_a_controller_manager_restart_gets_its_pods() {
         .await
         .expect("create the deployment");
 
-    wait_for(
+    wait_object(
+        &deployments,
+        "after-restart",
         "2/2 available replicas after the restart",
         POD_TIMEOUT,
-        || {
-            let api = deployments.clone();
-            async move {
-                let d = api.get("after-restart").await.map_err(|e| e.to_string())?;
-                let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-                (available == 2)
-                    .then_some(())
-                    .ok_or(format!("{available} available"))
-            }
+        |d| {
+            let available = d.status.as_ref().and_then(|s| s.available_replicas);
+            (available == Some(2))
+                .then_some(())
+                .ok_or(format!("{available:?} available"))
         },
     )
     .await;

@@ -13,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{DynamicObject, GroupVersionKind};
 use serde_json::json;
+use support::nodes::wait_node_state;
 use support::*;
 
 #[tokio::test]
@@ -110,16 +111,18 @@ async fn scheduler_spreads_a_deployment_over_three_zones_and_it_becomes_availabl
         .await
         .unwrap();
 
-    wait_for("3/3 available replicas", Duration::from_secs(60), || {
-        let api = deployments.clone();
-        async move {
-            let d = api.get("spread").await.map_err(|e| e.to_string())?;
-            let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-            (available == 3)
+    wait_object(
+        &deployments,
+        "spread",
+        "3/3 available replicas",
+        Duration::from_secs(60),
+        |d| {
+            let available = d.status.as_ref().and_then(|s| s.available_replicas);
+            (available == Some(3))
                 .then_some(())
-                .ok_or(format!("{available} available"))
-        }
-    })
+                .ok_or(format!("{available:?} available"))
+        },
+    )
     .await;
 
     let pods: Api<Pod> = ns.api();
@@ -207,51 +210,17 @@ async fn local_claim_binds_once_its_pod_is_scheduled() {
 #[tokio::test]
 async fn lost_node_turns_unknown_and_gets_the_unreachable_taint() {
     let client = client().await;
-    let node = TestNode::new(&client, "proof-lost", "zone-a").await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let ready = |n: &Node| {
-        n.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| c.status.clone())
-    };
-    wait_for("the test node to be Ready", Duration::from_secs(60), || {
-        let nodes = nodes.clone();
-        let name = node.name.clone();
-        async move {
-            let n = nodes.get(&name).await.map_err(|e| e.to_string())?;
-            (ready(&n).as_deref() == Some("True"))
-                .then_some(())
-                .ok_or(format!("Ready={:?}", ready(&n)))
-        }
-    })
-    .await;
+    let node = TestNode::ready(&client, "proof-lost", "zone-a").await;
 
     fault("node-lost", Some(&node.name));
 
     // The node lifecycle controller's grace period is 50 s by default.
-    wait_for(
-        "Ready=Unknown and the unreachable taint",
+    wait_node_state(
+        &client,
+        &node.name,
+        "Unknown",
+        ("node.kubernetes.io/unreachable", true),
         Duration::from_secs(120),
-        || {
-            let nodes = nodes.clone();
-            let name = node.name.clone();
-            async move {
-                let n = nodes.get(&name).await.map_err(|e| e.to_string())?;
-                let tainted = n
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.taints.as_ref())
-                    .is_some_and(|ts| ts.iter().any(|t| t.key == "node.kubernetes.io/unreachable"));
-                (ready(&n).as_deref() == Some("Unknown") && tainted)
-                    .then_some(())
-                    .ok_or(format!(
-                        "Ready={:?}, unreachable taint: {tainted}",
-                        ready(&n)
-                    ))
-            }
-        },
     )
     .await;
 }

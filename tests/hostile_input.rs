@@ -22,11 +22,6 @@ use support::*;
 /// Convergence of a handful of pods on KWOK nodes, with room for a busy machine.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn operator(ns: &TestNamespace) -> Operator {
-    install_crd(&ns.client).await;
-    Operator::start(&ns.name)
-}
-
 /// Creates `object` from JSON in the test's namespace.
 async fn create_json<K>(api: &Api<K>, object: Value) -> K
 where
@@ -36,20 +31,6 @@ where
     api.create(&PostParams::default(), &object)
         .await
         .unwrap_or_else(|e| panic!("create {}: {e}", object.name_any()))
-}
-
-/// Waits until `name` no longer exists.
-async fn wait_gone<K>(api: &Api<K>, name: &str)
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    wait_for(&format!("{name} to be gone"), TIMEOUT, || async move {
-        match api.get_opt(name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
-        }
-    })
-    .await
 }
 
 fn uid<K: Resource>(object: &K) -> String {
@@ -77,7 +58,7 @@ fn foreign_pod(name: &str, labels: Value, owner: Option<&ConfigMap>) -> Value {
 #[tokio::test]
 async fn pods_wearing_the_service_labels_but_not_its_own_are_not_adopted_counted_or_deleted() {
     let ns = TestNamespace::new("hostile-foreign").await;
-    let mut op = operator(&ns).await;
+    let mut op = Operator::with_crd(&ns).await;
     let api = create_service(&ns, &service("web", 3, "example/app:1", json!({}))).await;
     let revision = wait_converged(&api, "web", TIMEOUT).await;
 
@@ -144,7 +125,7 @@ async fn pods_wearing_the_service_labels_but_not_its_own_are_not_adopted_counted
 async fn claim_deleted_by_hand_is_reported_then_made_again_and_its_slot_comes_back() {
     let ns = TestNamespace::new("hostile-claim").await;
     let _volumes = Volumes::reserve(&ns, "data", "db", 3).await;
-    let mut op = operator(&ns).await;
+    let mut op = Operator::with_crd(&ns).await;
     let api = create_service(&ns, &service("db", 3, "example/db:1", local_storage())).await;
     let before = wait_settled(&ns, "db", TIMEOUT).await;
     let claims: Api<PersistentVolumeClaim> = ns.api();
@@ -200,7 +181,7 @@ async fn claim_deleted_by_hand_is_reported_then_made_again_and_its_slot_comes_ba
 #[tokio::test]
 async fn revisions_replaced_or_deleted_by_hand_are_recovered_and_pods_stay_as_they_are() {
     let ns = TestNamespace::new("hostile-revision").await;
-    let mut op = operator(&ns).await;
+    let mut op = Operator::with_crd(&ns).await;
     let api = create_service(&ns, &service("web", 3, "example/app:1", json!({}))).await;
     let first = wait_converged(&api, "web", TIMEOUT).await;
     merge_patch(&api, "web", image_patch("example/app:2")).await;
@@ -224,7 +205,7 @@ async fn revisions_replaced_or_deleted_by_hand_are_recovered_and_pods_stay_as_th
         .delete(&first, &DeleteParams::default())
         .await
         .expect("delete the first revision");
-    wait_gone(&revisions, &first).await;
+    wait_gone(&revisions, &first, TIMEOUT).await;
     let mut forged = original.clone();
     forged.metadata = kube::api::ObjectMeta {
         name: original.metadata.name.clone(),
@@ -288,7 +269,7 @@ async fn revisions_replaced_or_deleted_by_hand_are_recovered_and_pods_stay_as_th
 #[tokio::test]
 async fn service_deleted_mid_rollout_is_garbage_collected_and_the_next_service_is_served() {
     let ns = TestNamespace::new("hostile-delete").await;
-    let mut op = operator(&ns).await;
+    let mut op = Operator::with_crd(&ns).await;
     // minReadySeconds keeps the rollout going long enough to be caught in the middle.
     let doomed = service(
         "doomed",
@@ -371,7 +352,7 @@ impl Drop for Litter {
 #[tokio::test]
 async fn nodes_and_leases_with_fields_missing_do_not_stop_the_service_converging() {
     let ns = TestNamespace::new("hostile-node").await;
-    let mut op = operator(&ns).await;
+    let mut op = Operator::with_crd(&ns).await;
     let api = create_service(&ns, &service("web", 3, "example/app:1", json!({}))).await;
     wait_settled(&ns, "web", TIMEOUT).await;
 

@@ -8,73 +8,37 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams};
 use perennial::api::ResilientService;
 use serde_json::json;
+use support::nodes::claim;
+use support::pods::{ready, uid};
+use support::service::*;
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A stateful service: a claim per replica, a quorum budget, and claims of removed slots
+/// kept or deleted as `when_scaled` says.
 fn store(name: &str, replicas: i32, when_scaled: &str) -> ResilientService {
-    serde_json::from_value(json!({
-        "apiVersion": "perennial.dev/v1alpha1",
-        "kind": "ResilientService",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "db", "image": "example/db:1"}]}
-            },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "data"},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
-                    "resources": {"requests": {"storage": "1Gi"}}
-                }
-            }],
-            "disruptionBudget": {"quorum": true},
-            "persistentVolumeClaimRetentionPolicy": {"whenScaled": when_scaled}
-        }
-    }))
-    .expect("a valid ResilientService")
-}
-
-/// The CRD first, as Helm installs it, then an operator for the test's namespace.
-async fn operator(ns: &TestNamespace) -> Operator {
-    install_crd(&ns.client).await;
-    Operator::start(&ns.name)
-}
-
-async fn create(ns: &TestNamespace, svc: &ResilientService) -> Api<ResilientService> {
-    let api: Api<ResilientService> = ns.api();
-    api.create(&PostParams::default(), svc)
-        .await
-        .expect("create the ResilientService");
-    api
-}
-
-/// Waits until the service reports `n` available replicas for its current generation.
-async fn wait_available(api: &Api<ResilientService>, name: &str, n: i32) -> ResilientService {
-    wait_for(
-        &format!("{name} to have {n} available replicas"),
-        TIMEOUT,
-        || {
-            let api = api.clone();
-            let name = name.to_string();
-            async move {
-                let svc = api.get(&name).await.map_err(|e| e.to_string())?;
-                let status = svc.status.clone().unwrap_or_default();
-                let current = status.observed_generation == svc.metadata.generation;
-                if current && status.available_replicas == n && status.replicas == n {
-                    Ok(svc)
-                } else {
-                    Err(format!("{status:?}"))
-                }
-            }
-        },
+    let spec = json!({
+        "disruptionBudget": {"quorum": true},
+        "persistentVolumeClaimRetentionPolicy": {"whenScaled": when_scaled}
+    });
+    service(
+        name,
+        replicas,
+        "example/db:1",
+        merged(local_storage(), spec),
     )
-    .await
+}
+
+/// Creates the store `name` of `replicas` (claims retained) and waits until all are
+/// available.
+async fn available_store(ns: &TestNamespace, name: &str, replicas: i32) -> Api<ResilientService> {
+    let api = create_service(ns, &store(name, replicas, "Retain")).await;
+    wait_available(&api, name, replicas, TIMEOUT).await;
+    api
 }
 
 async fn pods_by_slot(ns: &TestNamespace) -> Vec<(String, Pod)> {
@@ -125,22 +89,14 @@ async fn claim_names(ns: &TestNamespace) -> BTreeSet<String> {
 #[tokio::test]
 async fn deleted_pod_comes_back_with_the_same_identity_and_claim() {
     let ns = TestNamespace::new("rec-identity").await;
-    let _operator = operator(&ns).await;
-    let api = create(&ns, &store("db", 3, "Retain")).await;
-    wait_available(&api, "db", 3).await;
+    let _operator = Operator::with_crd(&ns).await;
+    let api = available_store(&ns, "db", 3).await;
 
     let before = pods_by_slot(&ns).await;
     let (_, old) = before.iter().find(|(slot, _)| slot == "1").unwrap();
     let old_uid = old.metadata.uid.clone().unwrap();
     let old_claim = claim_of(old);
-    let claims: Api<PersistentVolumeClaim> = ns.api();
-    let old_volume = claims
-        .get(&old_claim)
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .volume_name;
+    let (_, old_volume, _) = claim(&ns, &old_claim).await.expect("the claim exists");
 
     let pods: Api<Pod> = ns.api();
     pods.delete(old.metadata.name.as_ref().unwrap(), &Default::default())
@@ -156,15 +112,10 @@ async fn deleted_pod_comes_back_with_the_same_identity_and_claim() {
                 .iter()
                 .find(|(s, _)| s == "1")
                 .ok_or("no pod in slot 1")?;
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if p.metadata.uid.as_deref() != Some(old_uid.as_str()) && ready {
+            if uid(p) != old_uid && ready(p) {
                 Ok(p.clone())
             } else {
-                Err(format!("slot 1: {:?} ready={ready}", p.metadata.name))
+                Err(format!("slot 1: {:?} ready={}", p.metadata.name, ready(p)))
             }
         }
     })
@@ -173,27 +124,27 @@ async fn deleted_pod_comes_back_with_the_same_identity_and_claim() {
     assert_eq!(spec.hostname.as_deref(), Some("db-1"));
     assert_eq!(spec.subdomain.as_deref(), Some("db"));
     assert_eq!(claim_of(&replacement), old_claim);
-    let volume = claims
-        .get(&old_claim)
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .volume_name;
+    let (_, volume, _) = claim(&ns, &old_claim).await.expect("the claim exists");
     assert_eq!(volume, old_volume, "the claim keeps its volume");
-    wait_available(&api, "db", 3).await;
+    wait_available(&api, "db", 3, TIMEOUT).await;
+}
+
+/// A service `kv` of three replicas whose claims of removed slots follow `when_scaled`,
+/// scaled to five and then down to two through the scale subresource.
+async fn scaled_up_then_down(ns: &TestNamespace, when_scaled: &str) {
+    let api = create_service(ns, &store("kv", 3, when_scaled)).await;
+    wait_available(&api, "kv", 3, TIMEOUT).await;
+    scale(&api, "kv", 5).await;
+    wait_available(&api, "kv", 5, TIMEOUT).await;
+    scale(&api, "kv", 2).await;
+    wait_available(&api, "kv", 2, TIMEOUT).await;
 }
 
 #[tokio::test]
 async fn scaling_keeps_claims_when_the_policy_retains_them() {
     let ns = TestNamespace::new("rec-scale-retain").await;
-    let _operator = operator(&ns).await;
-    let api = create(&ns, &store("kv", 3, "Retain")).await;
-    wait_available(&api, "kv", 3).await;
-    scale(&api, "kv", 5).await;
-    wait_available(&api, "kv", 5).await;
-    scale(&api, "kv", 2).await;
-    wait_available(&api, "kv", 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+    scaled_up_then_down(&ns, "Retain").await;
     let slots: Vec<String> = pods_by_slot(&ns)
         .await
         .into_iter()
@@ -207,13 +158,8 @@ async fn scaling_keeps_claims_when_the_policy_retains_them() {
 #[tokio::test]
 async fn scaling_deletes_claims_of_removed_slots_when_the_policy_says_so() {
     let ns = TestNamespace::new("rec-scale-delete").await;
-    let _operator = operator(&ns).await;
-    let api = create(&ns, &store("kv", 3, "Delete")).await;
-    wait_available(&api, "kv", 3).await;
-    scale(&api, "kv", 5).await;
-    wait_available(&api, "kv", 5).await;
-    scale(&api, "kv", 2).await;
-    wait_available(&api, "kv", 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+    scaled_up_then_down(&ns, "Delete").await;
     let want: BTreeSet<String> = (0..2).map(|i| format!("data-kv-{i}")).collect();
     wait_for("claims of slots 2-4 to be deleted", TIMEOUT, || {
         let ns = &ns;
@@ -226,26 +172,15 @@ async fn scaling_deletes_claims_of_removed_slots_when_the_policy_says_so() {
     .await;
 }
 
-/// Scales through the scale subresource, as `kubectl scale` does.
-async fn scale(api: &Api<ResilientService>, name: &str, replicas: i32) {
-    api.patch_scale(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-    )
-    .await
-    .expect("scale through the scale subresource");
-}
-
 #[tokio::test]
 async fn replicas_spread_over_the_three_zones() {
     let ns = TestNamespace::new("rec-spread").await;
-    let _operator = operator(&ns).await;
+    let _operator = Operator::with_crd(&ns).await;
     let mut svc = store("web", 3, "Retain");
     svc.spec.volume_claim_templates.clear();
     svc.spec.redundancy.when_unsatisfiable = perennial::api::WhenUnsatisfiable::DoNotSchedule;
-    let api = create(&ns, &svc).await;
-    let svc = wait_available(&api, "web", 3).await;
+    let api = create_service(&ns, &svc).await;
+    let svc = wait_available(&api, "web", 3, TIMEOUT).await;
     let domains = svc.status.unwrap().domains;
     assert_eq!(
         domains.keys().cloned().collect::<Vec<_>>(),
@@ -258,9 +193,8 @@ async fn replicas_spread_over_the_three_zones() {
 #[tokio::test]
 async fn disruption_budget_and_headless_service_have_the_right_content() {
     let ns = TestNamespace::new("rec-children").await;
-    let _operator = operator(&ns).await;
-    let api = create(&ns, &store("quorum", 5, "Retain")).await;
-    wait_available(&api, "quorum", 5).await;
+    let _operator = Operator::with_crd(&ns).await;
+    available_store(&ns, "quorum", 5).await;
 
     let budgets: Api<PodDisruptionBudget> = ns.api();
     let pdb = budgets.get("quorum").await.expect("the PDB exists");
@@ -291,9 +225,8 @@ async fn disruption_budget_and_headless_service_have_the_right_content() {
 #[tokio::test]
 async fn operator_writes_nothing_during_a_steady_state_minute() {
     let ns = TestNamespace::new("rec-steady").await;
-    let _operator = operator(&ns).await;
-    let api = create(&ns, &store("calm", 3, "Retain")).await;
-    wait_available(&api, "calm", 3).await;
+    let _operator = Operator::with_crd(&ns).await;
+    available_store(&ns, "calm", 3).await;
     // Converged: from here on, nothing the operator sees changes, so it must write nothing.
     let settled = operator_writes(&ns.name).len();
     let window = Duration::from_secs(60);

@@ -7,28 +7,23 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use perennial::api::ResilientService;
 use serde_json::json;
+use support::service::{patch_spec, service, status};
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn web(replicas: i32) -> ResilientService {
-    serde_json::from_value(json!({
-        "apiVersion": "perennial.dev/v1alpha1",
-        "kind": "ResilientService",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": replicas,
-            "update": {"maxSurge": 2, "maxUnavailable": 1},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "app", "image": "example/web:1"}]}
-            }
-        }
-    }))
-    .unwrap()
+    let update = json!({"update": {"maxSurge": 2, "maxUnavailable": 1}});
+    service("web", replicas, "example/web:1", update)
+}
+
+/// Starts a rollout of web: a template change that keeps the image.
+async fn restart(api: &Api<ResilientService>) {
+    let restarted = json!({"template": {"metadata": {"annotations": {"restartedAt": "1"}}}});
+    patch_spec(api, "web", restarted).await;
 }
 
 async fn rolled_out(api: &Api<ResilientService>, n: i32) -> ResilientService {
@@ -48,21 +43,31 @@ async fn rolled_out(api: &Api<ResilientService>, n: i32) -> ResilientService {
     .await
 }
 
+/// A namespace `prefix-…` with the CRD installed, and a lease name of its own.
+async fn with_lease(prefix: &str) -> (TestNamespace, String) {
+    let ns = TestNamespace::new(prefix).await;
+    install_crd(&ns.client).await;
+    (ns, format!("leader-{}", unique_suffix()))
+}
+
+/// Waits until someone holds `lease`; returns the holder.
+async fn wait_leader(ns: &TestNamespace, lease: &str, what: &str) -> String {
+    wait_for(what, TIMEOUT, || async {
+        holder(ns, lease).await.ok_or("no holder".to_string())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn standby_takes_over_a_rollout_after_the_leader_is_killed_with_no_duplicate_pods() {
-    let ns = TestNamespace::new("rt-failover").await;
-    install_crd(&ns.client).await;
-    let lease = format!("leader-{}", unique_suffix());
+    let (ns, lease) = with_lease("rt-failover").await;
     let a = elector(&ns.name, &lease);
     let b = elector(&ns.name, &lease);
     let api: Api<ResilientService> = ns.api();
     api.create(&PostParams::default(), &web(6)).await.unwrap();
     rolled_out(&api, 6).await;
 
-    let leader = wait_for("a leader", TIMEOUT, || async {
-        holder(&ns, &lease).await.ok_or("no holder".to_string())
-    })
-    .await;
+    let leader = wait_leader(&ns, &lease, "a leader").await;
     let mut ops = [a, b];
     let idx = ops
         .iter()
@@ -82,25 +87,12 @@ async fn roll_and_kill(
     leader: &str,
     killed: &mut Operator,
 ) {
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"spec": {"template": {"metadata": {"annotations": {"restartedAt": "1"}}}}}),
-        ),
-    )
-    .await
-    .unwrap();
+    restart(api).await;
     // Kill as soon as the rollout has begun.
     wait_for("the rollout to begin", TIMEOUT, || {
         let api = api.clone();
         async move {
-            let s = api
-                .get("web")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let s = status(&api.get("web").await.map_err(|e| e.to_string())?);
             (s.update_revision != s.current_revision)
                 .then_some(())
                 .ok_or("not yet".to_string())
@@ -156,12 +148,7 @@ async fn roll_and_kill(
             if let Some(dup) = per.iter().find(|(_, n)| **n > 1) {
                 return Ok(Err(format!("duplicate pods for slot/revision {:?}", dup.0)));
             }
-            let s = api
-                .get("web")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let s = status(&api.get("web").await.map_err(|e| e.to_string())?);
             let complete = s.updated_replicas == 6
                 && s.available_replicas == 6
                 && s.current_revision == s.update_revision;
@@ -179,14 +166,9 @@ async fn roll_and_kill(
 
 #[tokio::test]
 async fn sigterm_releases_the_lease_at_once_and_the_standby_takes_over() {
-    let ns = TestNamespace::new("rt-sigterm").await;
-    install_crd(&ns.client).await;
-    let lease = format!("leader-{}", unique_suffix());
+    let (ns, lease) = with_lease("rt-sigterm").await;
     let first = elector(&ns.name, &lease);
-    let leader = wait_for("the first replica to lead", TIMEOUT, || async {
-        holder(&ns, &lease).await.ok_or("no holder".to_string())
-    })
-    .await;
+    let leader = wait_leader(&ns, &lease, "the first replica to lead").await;
     assert!(leader.ends_with(&format!("-{}", first.child.id())));
     let second = elector(&ns.name, &lease);
     let addr = metrics_addr(&second).await;
@@ -229,21 +211,12 @@ async fn sigterm_releases_the_lease_at_once_and_the_standby_takes_over() {
 #[tokio::test]
 async fn metrics_count_reconciles_rollouts_repairs_and_replicas_by_state() {
     let ns = TestNamespace::new("rt-metrics").await;
-    install_crd(&ns.client).await;
-    let op = Operator::start(&ns.name);
+    let op = Operator::with_crd(&ns).await;
     let addr = metrics_addr(&op).await;
     let api: Api<ResilientService> = ns.api();
     api.create(&PostParams::default(), &web(3)).await.unwrap();
     rolled_out(&api, 3).await;
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"spec": {"template": {"metadata": {"annotations": {"restartedAt": "1"}}}}}),
-        ),
-    )
-    .await
-    .unwrap();
+    restart(&api).await;
     rolled_out(&api, 3).await;
 
     let text = wait_for("the rollout to be counted", TIMEOUT, || {

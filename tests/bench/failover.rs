@@ -15,19 +15,9 @@ use super::{is_ready, ms, percentile, wait_ready_pods, write_results};
 
 const LEASE_SECONDS: u64 = 15;
 
+/// An operator taking part in leader election on `lease`, with the default timings.
 fn replica(ns: &str, lease: &str) -> Operator {
-    Operator::start_with(
-        ns,
-        &[
-            "--leader-elect=true",
-            "--lease-namespace",
-            ns,
-            "--lease-name",
-            lease,
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-    )
+    elector_with(ns, lease, &[])
 }
 
 fn trials() -> usize {

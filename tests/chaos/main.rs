@@ -180,16 +180,9 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
     let mut test_nodes = Vec::new();
     let mut volumes = Volumes(Vec::new());
     for i in 0..NODES {
-        let node = TestNode::new(&client, NODE_PREFIX, ZONES[i % ZONES.len()]).await;
-        node_api
-            .patch(
-                &node.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {GROUP_LABEL: &group}}})),
-            )
-            .await
-            .expect("label the node with the soak's group");
-        test_nodes.push(node);
+        let zone = ZONES[i % ZONES.len()];
+        let labels = [(GROUP_LABEL, group.as_str())];
+        test_nodes.push(TestNode::with_labels(&client, NODE_PREFIX, zone, &labels).await);
     }
     let nodes: Vec<String> = test_nodes.iter().map(|n| n.name.clone()).collect();
     let pv_api: Api<PersistentVolume> = Api::all(client.clone());

@@ -2,22 +2,14 @@
 
 use super::*;
 
+/// A local volume only `node` can use, labelled as the soak's own.
 pub(crate) fn local_volume(name: &str, node: &str) -> PersistentVolume {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": node, GROUP_LABEL: "volume"}},
-        "spec": {
-            "capacity": {"storage": "10Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "local",
-            "volumeMode": "Filesystem",
-            "local": {"path": "/var/lib/local-volumes/0"},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-            ]}]}}
-        }
-    }))
-    .expect("a valid volume")
+    let mut pv = support::nodes::local_volume(name, node);
+    pv.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(GROUP_LABEL.into(), "volume".into());
+    pv
 }
 
 /// Local volumes of the soak's nodes, deleted when the guard drops.

@@ -9,26 +9,36 @@ use super::{wait_for, Operator, TestNamespace};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// An operator taking part in leader election on the test's own lease.
+/// An operator taking part in leader election on the test's own lease, with short lease
+/// timings so that a takeover fits in a test.
 pub fn elector(ns: &str, lease: &str) -> Operator {
-    Operator::start_with(
+    elector_with(
         ns,
+        lease,
         &[
-            "--leader-elect=true",
-            "--lease-namespace",
-            ns,
-            "--lease-name",
-            lease,
             "--lease-duration-seconds",
             "6",
             "--lease-renew-seconds",
             "2",
             "--lease-renew-deadline-seconds",
             "4",
-            "--metrics-addr",
-            "127.0.0.1:0",
         ],
     )
+}
+
+/// An operator taking part in leader election on `lease`, with `timings` (none: the
+/// defaults).
+pub fn elector_with(ns: &str, lease: &str, timings: &[&str]) -> Operator {
+    let mut args = vec![
+        "--leader-elect=true",
+        "--lease-namespace",
+        ns,
+        "--lease-name",
+        lease,
+    ];
+    args.extend_from_slice(timings);
+    args.extend(["--metrics-addr", "127.0.0.1:0"]);
+    Operator::start_with(ns, &args)
 }
 
 /// The address an operator serves metrics on, from its log.

@@ -1,6 +1,6 @@
-//! Services played through a scenario and compared afterwards: a service builder, waits on
-//! convergence, a snapshot of everything a service owns, a watch that checks the slot and
-//! surge invariants on every event, and operators started with extra environment.
+//! Services played through a scenario and compared afterwards: a snapshot of everything a
+//! service owns, waits on convergence and settled pods, and a watch that checks the slot
+//! and surge invariants on every event.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,148 +8,26 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::ResourceExt;
-use perennial::api::{
-    ResilientService, ResilientServiceStatus, LABEL_REVISION, LABEL_SERVICE, LABEL_SLOT,
+use perennial::api::{ResilientService, LABEL_REVISION, LABEL_SERVICE, LABEL_SLOT};
+
+// Kept importable from here, where the scenario tests have always found them.
+#[allow(unused_imports)]
+pub use super::nodes::Volumes;
+#[allow(unused_imports)]
+pub use super::operator_with_env;
+#[allow(unused_imports)]
+pub use super::pods::{alive, flags, ready, slot, terminating};
+#[allow(unused_imports)]
+pub use super::service::{
+    condition_status, converged, create_service, image_patch, local_storage, merge, merge_patch,
+    service, status, wait_converged,
 };
-use serde_json::{json, Value};
-
-use super::{kubectl, repo_root, unique_suffix, wait_for, Operator, TestNamespace};
-
-/// Merges `extra` into `base`, objects key by key, anything else replaced.
-pub fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(b), Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
-    }
-}
-
-/// A service `name` of `replicas` running `image`, its spec extended by `spec`.
-pub fn service(name: &str, replicas: i32, image: &str, spec: Value) -> ResilientService {
-    let mut body = json!({
-        "replicas": replicas,
-        "template": {
-            "metadata": {"labels": {"app": name}},
-            "spec": {"containers": [{"name": "app", "image": image}]}
-        }
-    });
-    merge(&mut body, spec);
-    serde_json::from_value(json!({
-        "apiVersion": "perennial.dev/v1alpha1",
-        "kind": "ResilientService",
-        "metadata": {"name": name},
-        "spec": body,
-    }))
-    .expect("a valid ResilientService")
-}
-
-/// Spec fields for one local ReadWriteOnce claim `data` per replica.
-pub fn local_storage() -> Value {
-    json!({"volumeClaimTemplates": [{
-        "metadata": {"name": "data"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
-            "resources": {"requests": {"storage": "1Gi"}}
-        }
-    }]})
-}
-
-/// A template change: a new image, so a new revision.
-pub fn image_patch(image: &str) -> Value {
-    json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}})
-}
-
-pub async fn create_service(ns: &TestNamespace, svc: &ResilientService) -> Api<ResilientService> {
-    let api: Api<ResilientService> = ns.api();
-    api.create(&PostParams::default(), svc)
-        .await
-        .expect("create the ResilientService");
-    api
-}
-
-pub async fn merge_patch<K>(api: &Api<K>, name: &str, patch: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap_or_else(|e| panic!("patch {name}: {e}"))
-}
-
-pub fn status(svc: &ResilientService) -> ResilientServiceStatus {
-    svc.status.clone().unwrap_or_default()
-}
-
-pub fn condition_status(svc: &ResilientService, type_: &str) -> Option<String> {
-    status(svc)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
-
-/// Converged: the current generation seen, every replica on the update revision and
-/// available, the current revision caught up, Available=True; returns the revision.
-pub fn converged(svc: &ResilientService) -> Result<String, String> {
-    let s = status(svc);
-    let n = svc.spec.replicas;
-    let done = s.observed_generation == svc.metadata.generation
-        && s.replicas == n
-        && s.updated_replicas == n
-        && s.available_replicas == n
-        && s.update_revision.is_some()
-        && s.current_revision == s.update_revision
-        && condition_status(svc, "Available").as_deref() == Some("True");
-    match (done, s.update_revision.clone()) {
-        (true, Some(revision)) => Ok(revision),
-        _ => Err(format!(
-            "generation {:?}/{:?} replicas={} updated={} available={} current={:?} update={:?} reason={:?}",
-            s.observed_generation,
-            svc.metadata.generation,
-            s.replicas,
-            s.updated_replicas,
-            s.available_replicas,
-            s.current_revision,
-            s.update_revision,
-            s.reason
-        )),
-    }
-}
-
-/// Waits until `name` has converged; returns its revision.
-pub async fn wait_converged(api: &Api<ResilientService>, name: &str, timeout: Duration) -> String {
-    wait_for(&format!("{name} to converge"), timeout, || async move {
-        converged(&api.get(name).await.map_err(|e| e.to_string())?)
-    })
-    .await
-}
-
-/// A pod's slot, or -1 without a valid label.
-pub fn slot(pod: &Pod) -> i32 {
-    pod.labels()
-        .get(LABEL_SLOT)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(-1)
-}
-
-pub fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-pub fn terminating(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-}
+use super::{wait_for, TestNamespace};
 
 /// Everything a service owns, in names that do not depend on the namespace, so that two
 /// runs in two namespaces compare equal when they ended the same.
@@ -340,7 +218,9 @@ impl PodWatch {
                 seen.most_alive = seen.most_alive.max(alive);
                 let doubled = bounds.one_per_slot && per_slot.values().any(|n| *n > 1);
                 if alive > bounds.max_alive || doubled {
-                    seen.violations.push(describe(&pods));
+                    let mut names: Vec<String> = pods.iter().map(|p| flags(p)).collect();
+                    names.sort();
+                    seen.violations.push(names.join(" "));
                 }
             }
         });
@@ -364,79 +244,6 @@ impl Drop for PodWatch {
     }
 }
 
-fn alive(pod: &Pod) -> bool {
-    let ended = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Failed" | "Succeeded")
-    );
-    !terminating(pod) && !ended
-}
-
-fn describe(pods: &[Arc<Pod>]) -> String {
-    let mut names: Vec<String> = pods
-        .iter()
-        .map(|p| {
-            let flags = format!(
-                "{}{}",
-                if ready(p) { "R" } else { "-" },
-                if terminating(p) { "T" } else { "" }
-            );
-            format!("{}[{flags}]", p.name_any())
-        })
-        .collect();
-    names.sort();
-    names.join(" ")
-}
-
-/// An operator for `namespace` alone, with `env` added to its environment.
-pub fn operator_with_env(namespace: &str, env: &[(&str, &str)]) -> Operator {
-    let dir = repo_root().join("target/operator-logs");
-    std::fs::create_dir_all(&dir).expect("create the operator log directory");
-    let log = dir.join(format!("{namespace}-{}.log", unique_suffix()));
-    let out = std::fs::File::create(&log).expect("create the operator log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_perennial"))
-        .args(["run", "--namespaces", namespace])
-        .args(["--leader-elect=false", "--metrics-addr", "127.0.0.1:0"])
-        .arg("--kubeconfig")
-        .arg(super::operator_kubeconfig())
-        .env(
-            "RUST_LOG",
-            std::env::var("PERENNIAL_TEST_LOG").unwrap_or_else(|_| "info,perennial=debug".into()),
-        )
-        .envs(env.iter().copied())
-        .stdout(out.try_clone().expect("clone the log handle"))
-        .stderr(out)
-        .spawn()
-        .expect("start the operator");
-    Operator { child, log }
-}
-
-impl Operator {
-    /// What the operator has logged so far.
-    pub fn output(&self) -> String {
-        super::strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    /// Panics unless the process still runs and has logged no panic.
-    pub fn assert_sound(&mut self, after: &str) {
-        let exited = self.child.try_wait().expect("poll the operator");
-        let output = self.output();
-        assert!(
-            exited.is_none(),
-            "the operator exited ({exited:?}) after {after}; log {}",
-            self.log.display()
-        );
-        assert!(
-            !output.contains("panicked at"),
-            "the operator panicked after {after}: {}",
-            output
-                .lines()
-                .find(|l| l.contains("panicked at"))
-                .unwrap_or_default()
-        );
-    }
-}
-
 /// Writes to objects (Events left out) the operator's identity made in `namespace` and the
 /// API server accepted, from the audit log: what the kill point counts, counted by the
 /// server.
@@ -451,51 +258,4 @@ pub fn accepted_object_writes(namespace: &str) -> Vec<String> {
         })
         .map(super::describe_write)
         .collect()
-}
-
-/// Local volumes of a test's own, one per slot of claim template `template` of service
-/// `svc`, spread over the harness's first three nodes and reserved for their claim
-/// (`claimRef`), so that no other test takes them. Deleted on drop.
-pub struct Volumes {
-    pub names: Vec<String>,
-}
-
-impl Volumes {
-    pub async fn reserve(ns: &TestNamespace, template: &str, svc: &str, replicas: i32) -> Self {
-        let api: Api<PersistentVolume> = Api::all(ns.client.clone());
-        let mut names = Vec::new();
-        for slot in 0..replicas {
-            let name = format!("{}-{template}-{slot}", ns.name);
-            let node = format!("kwok-node-{}", slot % 3);
-            let pv: PersistentVolume = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"perennial.dev/test": "scenario"}},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "local",
-                    "volumeMode": "Filesystem",
-                    "local": {"path": format!("/var/lib/local-volumes/{name}")},
-                    "claimRef": {"namespace": ns.name, "name": format!("{template}-{svc}-{slot}")},
-                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-                    ]}]}}
-                }
-            }))
-            .expect("a valid PersistentVolume");
-            api.create(&PostParams::default(), &pv)
-                .await
-                .expect("create a local volume");
-            names.push(name);
-        }
-        Self { names }
-    }
-}
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        for pv in &self.names {
-            let _ = kubectl(&["delete", "pv", pv, "--wait=false", "--ignore-not-found"]);
-        }
-    }
 }

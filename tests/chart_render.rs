@@ -1,0 +1,345 @@
+//! What the Helm chart (charts/perennial) renders: strict lint with a values schema that
+//! rejects unknown values, a server-side dry run of everything it renders on the local
+//! control plane, and RBAC without wildcards or Secrets and with exactly the rules the
+//! operator uses.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+use support::chart::*;
+use support::*;
+
+#[test]
+fn helm_lint_strict_passes_without_warnings_and_the_schema_rejects_unknown_values() {
+    let chart = chart();
+    let variants: [&[&str]; 3] = [
+        &[],
+        &[
+            "--set",
+            "watchNamespaces={team-a,team-b}",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "rbac.nodeFencing=false",
+        ],
+        &[
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+    ];
+    for extra in variants {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = helm(&args);
+        assert!(ok, "helm lint {extra:?} failed:\n{out}{err}");
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "helm lint {extra:?} is not clean:\n{out}"
+        );
+    }
+    for (bad, key) in [
+        ("operator.logformat=json", "logformat"),
+        ("operator.logFormat=yaml", "logFormat"),
+        ("replicaCount=-1", "replicaCount"),
+        ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
+    ] {
+        let (ok, out, err) = helm(&["lint", "--strict", chart, "--set", bad]);
+        assert!(
+            !ok && format!("{out}{err}").contains(key),
+            "values.schema.json lets --set {bad} through:\n{out}{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn everything_the_chart_renders_is_accepted_by_the_api_server_in_a_server_side_dry_run() {
+    let release_ns = TestNamespace::new("chart-dry").await;
+    let watched = TestNamespace::new("chart-dry-watched").await;
+    for values in [
+        json!({}),
+        json!({"watchNamespaces": [watched.name], "rbac": {"nodeFencing": false}}),
+    ] {
+        let manifest = render(&release_ns.name, &values, true);
+        let objects = documents(&manifest);
+        let (ok, out, err) = kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                // The CRD is already applied by other managers; a dry run changes nothing.
+                "--force-conflicts",
+                "--field-manager",
+                "perennial-chart-test",
+                "-f",
+                "-",
+            ],
+            &manifest,
+        );
+        assert!(
+            ok,
+            "the API server rejected the chart rendered with {values}: {err}\n{out}"
+        );
+        let accepted = out
+            .lines()
+            .filter(|l| l.ends_with("(server dry run)"))
+            .count();
+        assert_eq!(
+            accepted,
+            objects.len(),
+            "every rendered object is accepted with {values}:\n{out}"
+        );
+        let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        for kind in [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+        ] {
+            assert!(kinds.contains(kind), "no {kind} rendered: {kinds:?}");
+        }
+    }
+}
+
+/// One permission: where it holds ("cluster" or a namespace), API group, resource, verb
+/// and, when it is limited to one object, its name.
+type Grant = (String, String, String, String, Option<String>);
+
+/// Every permission the rendered Roles and ClusterRoles grant, after checking each rule
+/// for wildcards, Secrets and non-resource URLs.
+fn granted(objects: &[Value]) -> BTreeSet<Grant> {
+    let mut grants = BTreeSet::new();
+    for object in objects {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let scope = match kind {
+            "ClusterRole" => "cluster".to_string(),
+            "Role" => object["metadata"]["namespace"]
+                .as_str()
+                .expect("a Role has a namespace")
+                .to_string(),
+            _ => continue,
+        };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            object.get("aggregationRule").is_none(),
+            "{kind} {name} aggregates other roles"
+        );
+        for rule in object["rules"].as_array().expect("rules").iter() {
+            let list = |field: &str| -> Vec<String> {
+                rule[field]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().expect("strings").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let (groups, resources, verbs, names) = (
+                list("apiGroups"),
+                list("resources"),
+                list("verbs"),
+                list("resourceNames"),
+            );
+            for field in [&groups, &resources, &verbs, &names] {
+                assert!(
+                    !field.iter().any(|v| v.contains('*')),
+                    "{kind} {name} has a wildcard: {rule}"
+                );
+            }
+            assert!(
+                !resources
+                    .iter()
+                    .any(|r| r == "secrets" || r.starts_with("secrets/")),
+                "{kind} {name} grants access to Secrets: {rule}"
+            );
+            assert!(
+                rule.get("nonResourceURLs").is_none(),
+                "{kind} {name} grants non-resource URLs: {rule}"
+            );
+            assert!(
+                !groups.is_empty() && !resources.is_empty() && !verbs.is_empty(),
+                "{kind} {name} has an incomplete rule: {rule}"
+            );
+            let names: Vec<Option<String>> = if names.is_empty() {
+                vec![None]
+            } else {
+                names.into_iter().map(Some).collect()
+            };
+            for g in &groups {
+                for r in &resources {
+                    for v in &verbs {
+                        for n in &names {
+                            grants.insert((
+                                scope.clone(),
+                                g.clone(),
+                                r.clone(),
+                                v.clone(),
+                                n.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// Grants of (group, resource, verbs) in `scope`.
+fn grants(scope: &str, table: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
+    table
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs.iter().map(move |v| {
+                (
+                    scope.to_string(),
+                    g.to_string(),
+                    r.to_string(),
+                    v.to_string(),
+                    None,
+                )
+            })
+        })
+        .collect()
+}
+
+/// What the operator does in a namespace it watches (src/controller.rs reads through
+/// watches; src/act writes).
+const NAMESPACED: &[(&str, &str, &[&str])] = &[
+    ("perennial.dev", "resilientservices", &["list", "watch"]),
+    ("perennial.dev", "resilientservices/status", &["patch"]),
+    ("perennial.dev", "resilientservices/finalizers", &["update"]),
+    ("", "pods", &["list", "watch", "create", "delete"]),
+    (
+        "",
+        "persistentvolumeclaims",
+        &["list", "watch", "create", "delete"],
+    ),
+    ("", "services", &["list", "watch", "create", "patch"]),
+    (
+        "apps",
+        "controllerrevisions",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        &["list", "watch", "create", "patch"],
+    ),
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
+/// What the operator reads, and fences, cluster-wide.
+const CLUSTER: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["list", "watch"]),
+    ("", "persistentvolumes", &["list", "watch"]),
+];
+const FENCING: &[(&str, &str, &[&str])] = &[("", "nodes", &["get", "patch"])];
+
+/// The node heartbeats in kube-node-lease, and the leader Lease in the release namespace.
+fn lease_grants(release_ns: &str) -> BTreeSet<Grant> {
+    let mut out = grants(
+        "kube-node-lease",
+        &[("coordination.k8s.io", "leases", &["list", "watch"])],
+    );
+    out.extend(grants(
+        release_ns,
+        &[("coordination.k8s.io", "leases", &["create"])],
+    ));
+    for verb in ["get", "update"] {
+        out.insert((
+            release_ns.to_string(),
+            "coordination.k8s.io".into(),
+            "leases".into(),
+            verb.into(),
+            Some(LEASE.into()),
+        ));
+    }
+    out
+}
+
+#[test]
+fn rendered_rbac_has_no_wildcard_and_no_secret_access_and_exactly_the_rules_the_operator_uses() {
+    let ns = "perennial-system";
+    let mut cluster_wide = lease_grants(ns);
+    cluster_wide.extend(grants("cluster", CLUSTER));
+    cluster_wide.extend(grants("cluster", FENCING));
+    cluster_wide.extend(grants("cluster", NAMESPACED));
+
+    let mut namespaced = lease_grants(ns);
+    namespaced.extend(grants("cluster", CLUSTER));
+    namespaced.extend(grants("team-a", NAMESPACED));
+    namespaced.extend(grants("team-b", NAMESPACED));
+
+    let cases = [
+        ("cluster-wide", json!({}), cluster_wide),
+        (
+            "watchNamespaces without node fencing",
+            json!({"watchNamespaces": ["team-a", "team-b"], "rbac": {"nodeFencing": false}}),
+            namespaced,
+        ),
+    ];
+    for (what, values, want) in cases {
+        let objects = documents(&render(ns, &values, false));
+        let have = granted(&objects);
+        let extra: Vec<_> = have.difference(&want).collect();
+        let missing: Vec<_> = want.difference(&have).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "{what}: RBAC differs from the operator's needs; granted but not needed: {extra:?}; needed but not granted: {missing:?}"
+        );
+
+        // Every binding binds the chart's own ServiceAccount to one of the chart's roles,
+        // never to a built-in role such as cluster-admin.
+        let roles: BTreeSet<(String, String)> = objects
+            .iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("Role" | "ClusterRole")))
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap().to_string(),
+                    o["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let bindings: Vec<&Value> = objects
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o["kind"].as_str(),
+                    Some("RoleBinding" | "ClusterRoleBinding")
+                )
+            })
+            .collect();
+        assert!(!bindings.is_empty());
+        for b in bindings {
+            let role_ref = (
+                b["roleRef"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                b["roleRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            assert!(
+                roles.contains(&role_ref),
+                "{what}: a binding to a role the chart does not define: {b}"
+            );
+            assert_eq!(
+                b["subjects"],
+                json!([{"kind": "ServiceAccount", "name": RELEASE, "namespace": ns}]),
+                "{what}: {b}"
+            );
+        }
+    }
+}
