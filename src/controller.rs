@@ -32,6 +32,9 @@ const CACHE_SYNC_RETRY: Duration = Duration::from_millis(250);
 /// The error policy's backoff: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often what is kept per service (its metric series, its error backoff) is dropped
+/// for services that no longer exist.
+const SWEEP: Duration = Duration::from_secs(5);
 
 /// Errors of a reconcile pass.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +227,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     })
     .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
     .shutdown_on_signal();
+    // A deletion triggers no pass, so what is kept per service is swept against the store.
+    let sweep = tokio::spawn(sweep_deleted(
+        controller.store(),
+        options.namespace.clone(),
+        context.clone(),
+    ));
 
     let synced = context.clone();
     let ready = async move {
@@ -244,6 +253,30 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let ready = tokio::spawn(ready);
     run.await;
     ready.abort();
+    sweep.abort();
+}
+
+/// Drops, every SWEEP, the replica series and error backoffs of services the store no
+/// longer holds: a deleted service leaves no gauge and no entry behind.
+async fn sweep_deleted(
+    store: Store<ResilientService>,
+    namespace: Option<String>,
+    ctx: Arc<Context>,
+) {
+    let mut interval = tokio::time::interval(SWEEP);
+    loop {
+        interval.tick().await;
+        if !ctx.synced.load(Ordering::Acquire) {
+            continue;
+        }
+        ctx.metrics
+            .forget_deleted_services(namespace.as_deref(), |ns, name| {
+                store.get(&ObjectRef::new(name).within(ns)).is_some()
+            });
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.retain(|object, _| store.get(object).is_some());
+        }
+    }
 }
 
 /// How often node heartbeats are checked. A dead node sends no event; this turns its
