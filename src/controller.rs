@@ -477,6 +477,10 @@ pub struct RunArgs {
     /// Requests allowed in a burst above the sustained rate.
     #[arg(long, env = "PERENNIAL_API_BURST", default_value_t = 100)]
     pub api_burst: u32,
+    /// The CRD the start-up check reads instead of the ResilientService CRD: for tests,
+    /// which may not change the CRD that every other test shares.
+    #[arg(long, env = "PERENNIAL_CRD_CHECK_NAME", hide = true)]
+    pub crd_check_name: Option<String>,
 }
 
 /// Errors that stop the operator before it runs.
@@ -522,6 +526,7 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
     let client = crate::throttle::client(config, args.api_qps, args.api_burst)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
+    health.block("checking the installed CustomResourceDefinition".into());
     let listener = crate::http::bind(args.metrics_addr)
         .await
         .map_err(|source| StartError::Listen {
@@ -534,6 +539,13 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
         metrics.clone(),
         health.clone(),
     ));
+
+    // Neither lead nor act on a CRD that is not this build's: every status write would fail.
+    let expected = crate::crd_check::Expected::of_this_build(args.crd_check_name.clone());
+    tokio::select! {
+        _ = crate::crd_check::wait_until_installed(&client, &expected, &health) => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
 
     let elector = args.leader_elect.then(|| {
         Elector::new(

@@ -7,6 +7,7 @@ pub mod act;
 pub mod api;
 pub mod build;
 pub mod controller;
+pub mod crd_check;
 pub mod health;
 pub mod http;
 pub mod leader;

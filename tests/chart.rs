@@ -381,6 +381,17 @@ const CLUSTER: &[(&str, &str, &[&str])] = &[
 ];
 const FENCING: &[(&str, &str, &[&str])] = &[("", "nodes", &["get", "patch"])];
 
+/// The start-up check reads the ResilientService CRD, and no other.
+fn crd_check_grant() -> Grant {
+    (
+        "cluster".into(),
+        "apiextensions.k8s.io".into(),
+        "customresourcedefinitions".into(),
+        "get".into(),
+        Some("resilientservices.perennial.dev".into()),
+    )
+}
+
 /// The node heartbeats in kube-node-lease, and the leader Lease in the release namespace.
 fn lease_grants(release_ns: &str) -> BTreeSet<Grant> {
     let mut out = grants(
@@ -411,8 +422,11 @@ fn rendered_rbac_has_no_wildcard_and_no_secret_access_and_exactly_the_rules_the_
     cluster_wide.extend(grants("cluster", FENCING));
     cluster_wide.extend(grants("cluster", NAMESPACED));
 
+    cluster_wide.insert(crd_check_grant());
+
     let mut namespaced = lease_grants(ns);
     namespaced.extend(grants("cluster", CLUSTER));
+    namespaced.insert(crd_check_grant());
     namespaced.extend(grants("team-a", NAMESPACED));
     namespaced.extend(grants("team-b", NAMESPACED));
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, CustomResourceExt};
+use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
 mod leadership;
@@ -236,13 +236,14 @@ impl Drop for TestNode {
 
 static CRD_INSTALLED: OnceCell<()> = OnceCell::const_new();
 
-/// Installs the ResilientService CRD generated from the Rust types, once per test binary,
-/// and waits until it is served.
+/// Installs the ResilientService CRD generated from the Rust types (stamped, as `make crds`
+/// writes it, so that the operator's start-up check passes), once per test binary, and
+/// waits until it is served.
 pub async fn install_crd(client: &Client) {
     CRD_INSTALLED
         .get_or_init(|| async {
             let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-            let crd = perennial::api::ResilientService::crd();
+            let crd = perennial::api::crd();
             let name = crd.metadata.name.clone().expect("the CRD has a name");
             api.patch(
                 &name,
