@@ -14,5 +14,6 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod start;
 pub mod telemetry;
 pub mod throttle;
