@@ -243,8 +243,13 @@ pub async fn install_crd(client: &Client) {
     CRD_INSTALLED
         .get_or_init(|| async {
             let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-            let crd = perennial::api::crd();
+            let mut crd = perennial::api::crd();
             let name = crd.metadata.name.clone().expect("the CRD has a name");
+            // The stamp is applied by a field manager of its own. A test binary built from a
+            // tree without the stamp applies the CRD as perennial-tests too; had that manager
+            // owned the stamp, such an apply on the same cluster would strip it, and every
+            // operator started after it would wait for its CRD.
+            let stamp = crd.metadata.annotations.take();
             api.patch(
                 &name,
                 &PatchParams::apply("perennial-tests").force(),
@@ -252,6 +257,18 @@ pub async fn install_crd(client: &Client) {
             )
             .await
             .expect("apply the CRD");
+            let stamp = serde_json::json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": name, "annotations": stamp},
+            });
+            api.patch(
+                &name,
+                &PatchParams::apply("perennial-tests-stamp").force(),
+                &Patch::Apply(&stamp),
+            )
+            .await
+            .expect("stamp the CRD");
             wait_for("the CRD to be established", Duration::from_secs(30), || {
                 let api = api.clone();
                 let name = name.clone();
