@@ -32,9 +32,24 @@ lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
+# The RustSec advisory database, read offline: a dated snapshot in shared/, which sits beside
+# the checkout (in CI too), made into the git repository cargo-deny opens under target/
+# (shared/ may be read-only). deny.toml's db-path names that directory.
+SHARED := $(abspath $(CURDIR)/../shared)
+ADVISORY_DB := $(CURDIR)/target/advisory-db
+ADVISORY_REPO := $(ADVISORY_DB)/advisory-db-3157b0e258782691
+
 .PHONY: deny
-deny: ## licences, banned crates and sources of every dependency (deny.toml)
-	cargo deny --offline check licenses bans sources
+deny: ## licences, banned crates, sources and security advisories of every dependency (deny.toml)
+	@if [ ! -d "$(SHARED)/advisory-db" ] || [ ! -f "$(SHARED)/advisory-db.sh" ]; then \
+	  echo "make deny: no advisory snapshot in $(SHARED) (advisory-db/ and advisory-db.sh);" \
+	    "a copy of shared/ must sit beside the checkout" >&2; exit 1; fi
+	@bash "$(SHARED)/advisory-db.sh" "$(ADVISORY_DB)"
+	@echo "advisories: RustSec snapshot of $$(git -C "$(ADVISORY_REPO)" log -1 --format=%cs)" \
+	  "($(SHARED)/advisory-db); newer advisories are not known to it"
+	@# cargo metadata needs every crate of the lock file, also those of other platforms.
+	cargo fetch --locked --quiet
+	cargo deny --offline check advisories licenses bans sources
 
 .PHONY: chart-lint
 chart-lint: ## helm lint --strict of charts/perennial, with the default and the namespaced values

@@ -20,7 +20,6 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
-use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::observe::{observe, trim_pod, Caches, Heartbeats};
 use crate::{act, health, plan};
@@ -32,6 +31,9 @@ const CACHE_SYNC_RETRY: Duration = Duration::from_millis(250);
 /// The error policy's backoff: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often what is kept per service (its metric series, its error backoff) is dropped
+/// for services that no longer exist.
+const SWEEP: Duration = Duration::from_secs(5);
 
 /// Errors of a reconcile pass.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +226,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     })
     .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
     .shutdown_on_signal();
+    // A deletion triggers no pass, so what is kept per service is swept against the store.
+    let sweep = tokio::spawn(sweep_deleted(
+        controller.store(),
+        options.namespace.clone(),
+        context.clone(),
+    ));
 
     let synced = context.clone();
     let ready = async move {
@@ -244,6 +252,30 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let ready = tokio::spawn(ready);
     run.await;
     ready.abort();
+    sweep.abort();
+}
+
+/// Drops, every SWEEP, the replica series and error backoffs of services the store no
+/// longer holds: a deleted service leaves no gauge and no entry behind.
+async fn sweep_deleted(
+    store: Store<ResilientService>,
+    namespace: Option<String>,
+    ctx: Arc<Context>,
+) {
+    let mut interval = tokio::time::interval(SWEEP);
+    loop {
+        interval.tick().await;
+        if !ctx.synced.load(Ordering::Acquire) {
+            continue;
+        }
+        ctx.metrics
+            .forget_deleted_services(namespace.as_deref(), |ns, name| {
+                store.get(&ObjectRef::new(name).within(ns)).is_some()
+            });
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.retain(|object, _| store.get(object).is_some());
+        }
+    }
 }
 
 /// How often node heartbeats are checked. A dead node sends no event; this turns its
@@ -400,186 +432,4 @@ fn error_policy(svc: Arc<ResilientService>, error: &Error, ctx: Arc<Context>) ->
         .min(BACKOFF_MAX);
     tracing::warn!(namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
-}
-
-/// Command-line options of `perennial run`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct RunArgs {
-    /// Path of a kubeconfig; without it, KUBECONFIG, ~/.kube/config or the in-cluster config.
-    #[arg(long, env = "PERENNIAL_KUBECONFIG")]
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// Namespaces to watch (comma-separated); all namespaces when empty.
-    #[arg(long, env = "PERENNIAL_NAMESPACES", value_delimiter = ',')]
-    pub namespaces: Vec<String>,
-    /// Reconciles running at once (per namespace watched).
-    #[arg(long, env = "PERENNIAL_CONCURRENCY", default_value_t = 8)]
-    pub concurrency: u16,
-    /// Log format.
-    #[arg(long, env = "PERENNIAL_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
-    pub log_format: crate::telemetry::LogFormat,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "PERENNIAL_METRICS_ADDR", default_value = "127.0.0.1:8080")]
-    pub metrics_addr: std::net::SocketAddr,
-    /// Elect a leader among replicas (turn off only when a single replica runs).
-    #[arg(long, env = "PERENNIAL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
-    /// Namespace of the leader lease (default: the pod's namespace, else "default").
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
-    /// Name of the leader lease.
-    #[arg(long, env = "PERENNIAL_LEASE_NAME", default_value = "perennial-leader")]
-    pub lease_name: String,
-    /// Seconds a lease lasts without renewal; a standby takes over after it.
-    #[arg(long, env = "PERENNIAL_LEASE_DURATION", default_value_t = 15)]
-    pub lease_duration_seconds: u64,
-    /// Seconds between renewals.
-    #[arg(long, env = "PERENNIAL_LEASE_RENEW", default_value_t = 5)]
-    pub lease_renew_seconds: u64,
-    /// Seconds the leader keeps failing to renew before it stops acting.
-    #[arg(long, env = "PERENNIAL_LEASE_RENEW_DEADLINE", default_value_t = 10)]
-    pub lease_renew_deadline_seconds: u64,
-    /// Requests per second to the API server, sustained.
-    #[arg(long, env = "PERENNIAL_API_QPS", default_value_t = 50)]
-    pub api_qps: u32,
-    /// Requests allowed in a burst above the sustained rate.
-    #[arg(long, env = "PERENNIAL_API_BURST", default_value_t = 100)]
-    pub api_burst: u32,
-}
-
-/// Errors that stop the operator before it runs.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot read the kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: String,
-        source: kube::config::KubeconfigError,
-    },
-    #[error("cannot configure a client: {0}")]
-    Config(#[from] kube::config::InferConfigError),
-    #[error("cannot build a client: {0}")]
-    Client(#[from] kube::Error),
-    #[error("cannot listen on {addr} for metrics and probes: {source}; pick another with --metrics-addr")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Leadership(#[from] crate::leader::Error),
-}
-
-/// Connects and runs one controller per watched namespace (or one for all).
-pub async fn main(args: RunArgs) -> Result<(), StartError> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                StartError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|source| StartError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                })?
-        }
-        None => kube::Config::infer().await?,
-    };
-    let client = crate::throttle::client(config, args.api_qps, args.api_burst)?;
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
-    let listener = crate::http::bind(args.metrics_addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: args.metrics_addr,
-            source,
-        })?;
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
-    tokio::spawn(crate::http::serve(
-        listener,
-        metrics.clone(),
-        health.clone(),
-    ));
-
-    let elector = args.leader_elect.then(|| {
-        Elector::new(
-            client.clone(),
-            LeaseConfig {
-                namespace: args.lease_namespace.clone(),
-                name: args.lease_name.clone(),
-                identity: identity(),
-                duration: Duration::from_secs(args.lease_duration_seconds.max(1)),
-                renew_every: Duration::from_secs(args.lease_renew_seconds.max(1)),
-                renew_deadline: Duration::from_secs(args.lease_renew_deadline_seconds.max(1)),
-            },
-        )
-    });
-    if let Some(elector) = &elector {
-        tokio::select! {
-            _ = elector.acquire() => {}
-            _ = shutdown_signal() => return Ok(()),
-        }
-    }
-    health.leading.store(true, Ordering::Release);
-    metrics.leader.set(1);
-
-    tracing::info!(namespaces = ?args.namespaces, concurrency = args.concurrency, "perennial starting");
-    act::arm_kill_point();
-    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.namespaces.iter().cloned().map(Some).collect()
-    };
-    let controllers = futures::future::join_all(namespaces.into_iter().map(|namespace| {
-        run(
-            client.clone(),
-            Options {
-                namespace,
-                concurrency: args.concurrency,
-            },
-            metrics.clone(),
-            health.clone(),
-        )
-    }));
-    match &elector {
-        Some(elector) => {
-            tokio::select! {
-                // A replica that lost the lease stops acting at once: the process ends.
-                lost = elector.hold() => return Err(lost.into()),
-                _ = controllers => {}
-            }
-            elector.release().await;
-        }
-        None => {
-            controllers.await;
-        }
-    }
-    Ok(())
-}
-
-/// This replica's name in the lease: the pod's name, else host and pid.
-fn identity() -> String {
-    std::env::var("POD_NAME").unwrap_or_else(|_| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "perennial".into());
-        format!("{host}-{}", std::process::id())
-    })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -1,6 +1,9 @@
 //! Leader election on a coordination.k8s.io Lease: several replicas run, one acts. The
 //! leader renews the lease; a replica that cannot renew in time stops acting at once, and
 //! a graceful shutdown releases the lease so that a standby takes over without waiting.
+//! Every lease request has a time limit of its own, shorter than the renew deadline: the
+//! client's read timeout is minutes, and a connection that hangs must not keep a leader
+//! acting after its lease may have passed to another replica.
 
 use std::time::Duration;
 
@@ -28,6 +31,32 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
 }
 
+impl LeaseConfig {
+    /// The longest one lease request may take: one renewal period, and never more than the
+    /// renew deadline, so that a request that hangs leaves time for another.
+    pub fn request_timeout(&self) -> Duration {
+        self.renew_every.min(self.renew_deadline)
+    }
+
+    /// How long a renewal tried `since` the last successful one may take: the request
+    /// timeout, cut to what is left of the renew deadline. None once the deadline has
+    /// passed: the leader gives up rather than tries again.
+    pub fn renew_timeout(&self, since: Duration) -> Option<Duration> {
+        let left = self.renew_deadline.checked_sub(since)?;
+        (!left.is_zero()).then(|| left.min(self.request_timeout()))
+    }
+
+    /// How long the leader waits to try again after a failed renewal, `since` the last
+    /// successful one: soon (a failed renewal is not a reason to wait a whole period),
+    /// and never past the renew deadline.
+    pub fn retry_after(&self, since: Duration) -> Duration {
+        self.renew_deadline
+            .saturating_sub(since)
+            .min(STANDBY_POLL)
+            .min(self.renew_every)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("lost the leader lease {namespace}/{name}: {why}")]
@@ -48,6 +77,15 @@ enum Attempt {
     HeldByOther(String),
 }
 
+/// Why a lease request did not answer.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 impl Elector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
         Self {
@@ -60,7 +98,7 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut last_holder = String::new();
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.attempt(self.config.request_timeout()).await {
                 Ok(Attempt::Held) => {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became the leader");
                     return;
@@ -78,29 +116,50 @@ impl Elector {
         }
     }
 
-    /// Renews the lease for as long as it can; returns when leadership is lost.
+    /// Renews the lease for as long as it can; returns when leadership is lost, at the
+    /// latest at the renew deadline, whatever the API server does.
     pub async fn hold(&self) -> Error {
         let mut last_renewal = tokio::time::Instant::now();
+        let mut wait = self.config.renew_every;
+        let mut last_error = String::from("no renewal was tried");
         loop {
-            tokio::time::sleep(self.config.renew_every).await;
-            match self.try_acquire_or_renew().await {
-                Ok(Attempt::Held) => last_renewal = tokio::time::Instant::now(),
+            tokio::time::sleep(wait).await;
+            let Some(limit) = self.config.renew_timeout(last_renewal.elapsed()) else {
+                return self.lost(format!(
+                    "not renewed for {:?}: {last_error}",
+                    last_renewal.elapsed()
+                ));
+            };
+            match self.attempt(limit).await {
+                Ok(Attempt::Held) => {
+                    last_renewal = tokio::time::Instant::now();
+                    wait = self.config.renew_every;
+                }
                 Ok(Attempt::HeldByOther(holder)) => {
                     return self.lost(format!("{holder} holds it now"))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not renew the leader lease");
-                    if last_renewal.elapsed() >= self.config.renew_deadline {
-                        return self
-                            .lost(format!("not renewed for {:?}: {e}", last_renewal.elapsed()));
-                    }
+                    last_error = e.to_string();
+                    wait = self.config.retry_after(last_renewal.elapsed());
                 }
             }
         }
     }
 
-    /// Gives the lease up, so that a standby takes over at once.
+    /// Gives the lease up, so that a standby takes over at once; a shutdown does not wait
+    /// on an API server that does not answer.
     pub async fn release(&self) {
+        let limit = self.config.request_timeout();
+        if tokio::time::timeout(limit, self.try_release())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?limit, "could not release the leader lease in time");
+        }
+    }
+
+    async fn try_release(&self) {
         let Ok(mut lease) = self.api.get(&self.config.name).await else {
             return;
         };
@@ -126,6 +185,14 @@ impl Elector {
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
             why,
+        }
+    }
+
+    /// One try to take or renew the lease, given up after `limit`.
+    async fn attempt(&self, limit: Duration) -> Result<Attempt, AttemptError> {
+        match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(AttemptError::TimedOut(limit)),
         }
     }
 
@@ -196,5 +263,121 @@ impl Elector {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(renew_every: u64, renew_deadline: u64) -> LeaseConfig {
+        LeaseConfig {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(renew_every),
+            renew_deadline: Duration::from_secs(renew_deadline),
+        }
+    }
+
+    fn secs(seconds: u64) -> Duration {
+        Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn a_renewal_may_take_one_period_and_never_reaches_past_the_renew_deadline() {
+        let c = config(5, 10);
+        assert_eq!(c.request_timeout(), secs(5));
+        // The first renewal, one period after the last: the whole period.
+        assert_eq!(c.renew_timeout(secs(5)), Some(secs(5)));
+        // A retry late in the window gets only what is left of it.
+        assert_eq!(c.renew_timeout(secs(8)), Some(secs(2)));
+        assert_eq!(
+            c.renew_timeout(Duration::from_millis(9_900)),
+            Some(Duration::from_millis(100))
+        );
+        // At or past the deadline there is no further try: leadership is lost.
+        assert_eq!(c.renew_timeout(secs(10)), None);
+        assert_eq!(c.renew_timeout(secs(11)), None);
+    }
+
+    #[test]
+    fn a_request_timeout_is_never_longer_than_the_renew_deadline() {
+        // Renewing less often than the deadline allows (a misconfiguration) still gives up in time.
+        let c = config(20, 10);
+        assert_eq!(c.request_timeout(), secs(10));
+        assert_eq!(c.renew_timeout(secs(0)), Some(secs(10)));
+        assert_eq!(c.renew_timeout(secs(4)), Some(secs(6)));
+    }
+
+    #[test]
+    fn a_failed_renewal_is_retried_within_a_second_and_never_after_the_deadline() {
+        let c = config(5, 10);
+        assert_eq!(c.retry_after(secs(5)), secs(1));
+        assert_eq!(
+            c.retry_after(Duration::from_millis(9_500)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(c.retry_after(secs(12)), Duration::ZERO);
+        // With renewals more often than every second, a retry waits no longer than a period.
+        let fast = LeaseConfig {
+            renew_every: Duration::from_millis(300),
+            ..config(1, 10)
+        };
+        assert_eq!(fast.retry_after(secs(1)), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn with_the_default_timings_a_hanging_renewal_gives_up_by_the_deadline() {
+        // The defaults of `perennial run`: renew every 5 s, deadline 10 s. Every try hangs
+        // for its whole limit; the leader must know it lost the lease at 10 s, not later.
+        let c = config(5, 10);
+        let mut at = c.renew_every;
+        while let Some(limit) = c.renew_timeout(at) {
+            at += limit;
+            at += c.retry_after(at);
+        }
+        assert_eq!(at, c.renew_deadline);
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_api_server_stops_answering_gives_up_by_its_renew_deadline() {
+        // An API server that accepts connections and never answers: the client's own read
+        // timeout is minutes away.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let url = format!("http://{addr}").parse().unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let elector = Elector::new(
+            client,
+            LeaseConfig {
+                renew_every: secs(1),
+                renew_deadline: secs(2),
+                ..config(1, 2)
+            },
+        );
+        let started = std::time::Instant::now();
+        let lost = tokio::time::timeout(secs(30), elector.hold())
+            .await
+            .expect("the leader gives up instead of waiting on the connection");
+        let took = started.elapsed();
+        assert!(
+            took >= secs(2),
+            "gave up after {took:?}, before its deadline"
+        );
+        assert!(
+            took < secs(4),
+            "gave up after {took:?}, long past its deadline"
+        );
+        let why = lost.to_string();
+        assert!(why.contains("did not answer within"), "{why}");
+        server.abort();
     }
 }

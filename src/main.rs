@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use perennial::{controller, telemetry};
+use perennial::{start, telemetry};
 
 /// Perennial keeps services alive, spread, upgraded and repaired.
 #[derive(Parser)]
@@ -18,7 +18,7 @@ enum Command {
         reference: bool,
     },
     /// Run the operator.
-    Run(controller::RunArgs),
+    Run(start::RunArgs),
 }
 
 #[tokio::main]
@@ -34,7 +34,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(args) => {
             telemetry::init(args.log_format);
-            match controller::main(args).await {
+            match start::main(args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "perennial stopped");

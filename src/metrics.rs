@@ -1,5 +1,8 @@
 //! Prometheus metrics: what the operator does and what it finds.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +64,9 @@ pub struct Metrics {
     pub replicas: Family<ReplicaLabels, Gauge>,
     pub leader: Gauge,
     pub reconciles_in_flight: Gauge,
+    /// (namespace, name) of every service with replica series, so that the series of a
+    /// deleted one can be dropped: a family cannot list its own label sets.
+    services: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -75,6 +81,7 @@ impl Default for Metrics {
             replicas: Family::default(),
             leader: Gauge::default(),
             reconciles_in_flight: Gauge::default(),
+            services: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -92,7 +99,11 @@ impl Default for Metrics {
             "Replica failures identified, by reason",
             m.failures.clone(),
         );
-        registry.register("repairs", "Repairs made, by kind", m.repairs.clone());
+        registry.register(
+            "repairs",
+            "Repairs made, by kind; a storage rebuild counts once per replica, whatever its claims",
+            m.repairs.clone(),
+        );
         registry.register(
             "rollouts",
             "Rollouts started, completed and rolled back",
@@ -148,13 +159,21 @@ impl Metrics {
                     .inc();
             }
         }
+        // A storage rebuild is one repair of one slot: counted by the slots whose claims are
+        // rebuilt, not by claims, and not again for the pod the RebuildStorage rung deletes.
+        let mut rebuilt: BTreeSet<i32> = BTreeSet::new();
         for action in actions {
             let kind = match action {
                 Action::ForceDeletePod { .. } => "NodeLost",
-                Action::RebuildClaim { .. } => "RebuildStorage",
+                Action::RebuildClaim { ordinal, .. } => {
+                    if !rebuilt.insert(*ordinal) {
+                        continue;
+                    }
+                    "RebuildStorage"
+                }
                 Action::TaintNode { .. } => "Fence",
                 Action::DeletePod { reason, .. } => {
-                    match ["Restart", "Reschedule", "RebuildStorage"]
+                    match ["Restart", "Reschedule"]
                         .into_iter()
                         .find(|k| reason.starts_with(k))
                     {
@@ -199,6 +218,10 @@ impl Metrics {
                 })
                 .inc();
         }
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.to_string(), name.to_string()));
         for state in STATES {
             let n = after
                 .replica_statuses
@@ -215,6 +238,31 @@ impl Metrics {
         }
     }
 
+    /// Drops the replica series of every service in `namespace` (all namespaces when None)
+    /// that `exists` no longer finds, so that a deleted service leaves no gauge behind. A
+    /// pass racing with this for a service just deleted writes its series again; the next
+    /// sweep drops them.
+    pub fn forget_deleted_services(
+        &self,
+        namespace: Option<&str>,
+        exists: impl Fn(&str, &str) -> bool,
+    ) {
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services.retain(|(ns, name)| {
+            if namespace.is_some_and(|n| n != ns) || exists(ns, name) {
+                return true;
+            }
+            for state in STATES {
+                self.replicas.remove(&ReplicaLabels {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    state: state.into(),
+                });
+            }
+            false
+        });
+    }
+
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -222,5 +270,146 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ReplicaStatus;
+
+    fn repairs(m: &Metrics, kind: &str) -> u64 {
+        m.repairs
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .get()
+    }
+
+    fn rebuild_claim(name: &str, ordinal: i32, reason: &str) -> Action {
+        Action::RebuildClaim {
+            name: name.into(),
+            ordinal,
+            reason: reason.into(),
+        }
+    }
+
+    fn ready(ordinals: &[i32]) -> ResilientServiceStatus {
+        ResilientServiceStatus {
+            replica_statuses: ordinals
+                .iter()
+                .map(|&ordinal| ReplicaStatus {
+                    ordinal,
+                    state: "Ready".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_storage_rebuild_counts_once_per_replica_whatever_its_claims_and_its_deleted_pod() {
+        let m = Metrics::default();
+        let status = ready(&[0, 1, 2]);
+        // The RebuildStorage rung: the pod and both claims of slot 0, as repair::plan emits them.
+        let why = "CrashLoopBackOff: back-off restarting";
+        m.observe_pass(
+            "shop",
+            "db",
+            None,
+            &status,
+            &[
+                Action::DeletePod {
+                    name: "db-0-abc12".into(),
+                    reason: format!("RebuildStorage after {why}"),
+                },
+                rebuild_claim("data-db-0", 0, why),
+                rebuild_claim("logs-db-0", 0, why),
+            ],
+        );
+        assert_eq!(repairs(&m, "RebuildStorage"), 1);
+
+        // Volumes lost with a node: two slots, two claims each, one pass.
+        let lost = "VolumeLost: its volume was bound to node n1, which is lost";
+        m.observe_pass(
+            "shop",
+            "db",
+            Some(&status),
+            &status,
+            &[
+                Action::ForceDeletePod {
+                    name: "db-1-abc12".into(),
+                    reason: "NodeLost".into(),
+                },
+                rebuild_claim("data-db-1", 1, lost),
+                rebuild_claim("logs-db-1", 1, lost),
+                rebuild_claim("data-db-2", 2, lost),
+                rebuild_claim("logs-db-2", 2, lost),
+            ],
+        );
+        assert_eq!(repairs(&m, "RebuildStorage"), 3);
+        assert_eq!(repairs(&m, "NodeLost"), 1);
+    }
+
+    #[test]
+    fn restarts_and_reschedules_count_one_per_deleted_pod() {
+        let m = Metrics::default();
+        let delete = |name: &str, reason: &str| Action::DeletePod {
+            name: name.into(),
+            reason: reason.into(),
+        };
+        m.observe_pass(
+            "shop",
+            "web",
+            None,
+            &ready(&[0, 1]),
+            &[
+                delete("web-0-a", "Restart after OOMKilled: exit 137"),
+                delete("web-1-a", "Reschedule after CrashLoopBackOff: x"),
+                // A rollout's delete is no repair.
+                delete("web-1-b", "replaced by revision web-2"),
+            ],
+        );
+        assert_eq!(repairs(&m, "Restart"), 1);
+        assert_eq!(repairs(&m, "Reschedule"), 1);
+        assert_eq!(repairs(&m, "RebuildStorage"), 0);
+    }
+
+    #[test]
+    fn the_replica_series_of_a_deleted_service_are_dropped_and_those_of_others_stay() {
+        let m = Metrics::default();
+        for (ns, name) in [("a", "web"), ("a", "db"), ("b", "web")] {
+            m.observe_pass(ns, name, None, &ready(&[0]), &[]);
+        }
+        let series = |ns: &str, name: &str| {
+            m.render()
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!(
+                        "perennial_replicas{{namespace=\"{ns}\",name=\"{name}\","
+                    ))
+                })
+                .count()
+        };
+        assert_eq!(series("a", "web"), STATES.len());
+
+        // The sweep of namespace a, where only db still exists.
+        m.forget_deleted_services(Some("a"), |_, name| name == "db");
+        assert_eq!(series("a", "web"), 0, "{}", m.render());
+        assert_eq!(series("a", "db"), STATES.len());
+        assert_eq!(
+            series("b", "web"),
+            STATES.len(),
+            "another namespace's sweep"
+        );
+
+        // A pass after the sweep brings a service back; a sweep of every namespace drops all.
+        m.observe_pass("a", "web", None, &ready(&[0]), &[]);
+        assert_eq!(series("a", "web"), STATES.len());
+        m.forget_deleted_services(None, |_, _| false);
+        assert!(
+            !m.render().contains("perennial_replicas{"),
+            "{}",
+            m.render()
+        );
     }
 }

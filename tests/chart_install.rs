@@ -444,6 +444,57 @@ async fn operator_with_only_the_charts_rbac_does_its_whole_job(prefix: &str, nam
 }
 
 #[tokio::test]
+async fn with_only_the_charts_rbac_the_operator_reads_its_own_crd_and_no_other_and_passes_its_start_up_check(
+) {
+    let system = TestNamespace::new("chart-crd-check").await;
+    install_crd(&system.client).await;
+    let (mut release, _) = Release::install(&system.name, &json!({"replicaCount": 0}));
+    let user = format!("system:serviceaccount:{}:{RELEASE}", system.name);
+    let kubeconfig = TempFile(
+        repo_root()
+            .join("target/chart-kubeconfigs")
+            .join(format!("{}.kubeconfig", system.name)),
+    );
+    write_impersonating_kubeconfig(&user, &kubeconfig.0);
+    for (what, answer) in [
+        (
+            "customresourcedefinitions/resilientservices.perennial.dev",
+            "yes",
+        ),
+        ("customresourcedefinitions/deployments.example.com", "no"),
+        ("customresourcedefinitions", "no"),
+    ] {
+        assert_eq!(can_i(&kubeconfig.0, &["get", what]), answer, "get {what}");
+    }
+    assert_eq!(
+        can_i(&kubeconfig.0, &["list", "customresourcedefinitions"]),
+        "no"
+    );
+
+    // The check comes before leader election: holding the Lease means it passed.
+    let operator = Operator::start_with_kubeconfig(
+        &system.name,
+        &kubeconfig.0,
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--lease-namespace",
+            &system.name,
+            "--lease-name",
+            LEASE,
+        ],
+    );
+    wait_for("the operator to hold the leader Lease", TIMEOUT, || async {
+        holder(&system, LEASE).await.ok_or("no holder".to_string())
+    })
+    .await;
+    let refused = refusals(&operator.log);
+    assert!(refused.is_empty(), "refused: {}", refused.join("\n"));
+    drop(operator);
+    release.uninstall();
+}
+
+#[tokio::test]
 async fn operator_with_only_the_charts_cluster_wide_rbac_creates_scales_rolls_out_and_repairs_without_a_403(
 ) {
     operator_with_only_the_charts_rbac_does_its_whole_job("chart-rbac", false).await;

@@ -55,6 +55,66 @@ fn helm_lint_strict_passes_without_warnings_and_the_schema_rejects_unknown_value
     }
 }
 
+/// The version `require`d of `module` in the harness's Helm module (e2e/cluster/go/helm).
+fn helm_module_version(module: &str) -> String {
+    let go_mod = std::fs::read_to_string(repo_root().join("e2e/cluster/go/helm/go.mod"))
+        .expect("read the Helm module's go.mod");
+    go_mod
+        .lines()
+        .map(|l| l.trim().trim_start_matches("require ").trim())
+        .find_map(|l| l.strip_prefix(&format!("{module} ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {module} in the Helm module's go.mod"))
+        .to_string()
+}
+
+#[test]
+fn the_harness_helm_is_a_release_build_and_renders_the_chart_without_a_kube_version_flag() {
+    let (ok, version, err) = helm(&[
+        "version",
+        "--template",
+        "{{ .Version }} {{ .GitTreeState }}",
+    ]);
+    assert!(ok, "helm version failed: {err}");
+    assert_eq!(
+        version.trim(),
+        format!("{} clean", helm_module_version("helm.sh/helm/v3"))
+    );
+
+    // As Helm's release build: the Kubernetes version it assumes without a cluster is that
+    // of the client-go it is built with (v0.X is Kubernetes 1.X), not its fallback v1.20.
+    let client_go = helm_module_version("k8s.io/client-go");
+    let minor = client_go
+        .trim_start_matches("v0.")
+        .split('.')
+        .next()
+        .unwrap();
+    let probe = repo_root().join(format!("target/chart-probe-{}", unique_suffix()));
+    std::fs::create_dir_all(probe.join("templates")).unwrap();
+    std::fs::write(
+        probe.join("Chart.yaml"),
+        "apiVersion: v2\nname: probe\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        probe.join("templates/kube-version.yaml"),
+        "kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = helm(&["template", "probe", &probe.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&probe);
+    assert!(ok, "helm template of the probe chart failed: {err}");
+    assert!(
+        out.contains(&format!("kubeVersion: v1.{minor}.0")),
+        "helm assumes another Kubernetes than client-go {client_go}:\n{out}"
+    );
+
+    // The chart's own kubeVersion constraint (>= 1.30) is met without --kube-version.
+    let (ok, out, err) = helm(&["template", RELEASE, chart()]);
+    assert!(ok, "helm template {} failed: {err}", chart());
+    assert!(out.contains("kind: Deployment"), "{out}");
+}
+
 #[tokio::test]
 async fn everything_the_chart_renders_is_accepted_by_the_api_server_in_a_server_side_dry_run() {
     let release_ns = TestNamespace::new("chart-dry").await;
@@ -245,6 +305,17 @@ const CLUSTER: &[(&str, &str, &[&str])] = &[
 ];
 const FENCING: &[(&str, &str, &[&str])] = &[("", "nodes", &["get", "patch"])];
 
+/// The start-up check reads the ResilientService CRD, and no other.
+fn crd_check_grant() -> Grant {
+    (
+        "cluster".into(),
+        "apiextensions.k8s.io".into(),
+        "customresourcedefinitions".into(),
+        "get".into(),
+        Some("resilientservices.perennial.dev".into()),
+    )
+}
+
 /// The node heartbeats in kube-node-lease, and the leader Lease in the release namespace.
 fn lease_grants(release_ns: &str) -> BTreeSet<Grant> {
     let mut out = grants(
@@ -274,9 +345,11 @@ fn rendered_rbac_has_no_wildcard_and_no_secret_access_and_exactly_the_rules_the_
     cluster_wide.extend(grants("cluster", CLUSTER));
     cluster_wide.extend(grants("cluster", FENCING));
     cluster_wide.extend(grants("cluster", NAMESPACED));
+    cluster_wide.insert(crd_check_grant());
 
     let mut namespaced = lease_grants(ns);
     namespaced.extend(grants("cluster", CLUSTER));
+    namespaced.insert(crd_check_grant());
     namespaced.extend(grants("team-a", NAMESPACED));
     namespaced.extend(grants("team-b", NAMESPACED));
 

@@ -1,5 +1,6 @@
 //! The operator's runtime on the local control plane: leader election and takeover, the
-//! lease released on SIGTERM, and metrics that count what happened.
+//! lease released on SIGTERM, metrics that count what happened (and forget a deleted
+//! service), and the start-up check of the installed CRD.
 
 mod support;
 
@@ -7,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use perennial::api::ResilientService;
 use serde_json::json;
 use support::service::{patch_spec, service, status};
@@ -209,7 +211,8 @@ async fn sigterm_releases_the_lease_at_once_and_the_standby_takes_over() {
 }
 
 #[tokio::test]
-async fn metrics_count_reconciles_rollouts_repairs_and_replicas_by_state() {
+async fn metrics_count_reconciles_rollouts_repairs_and_replicas_by_state_and_forget_a_deleted_service(
+) {
     let ns = TestNamespace::new("rt-metrics").await;
     let op = Operator::with_crd(&ns).await;
     let addr = metrics_addr(&op).await;
@@ -243,4 +246,159 @@ async fn metrics_count_reconciles_rollouts_repairs_and_replicas_by_state() {
         ns.name
     );
     assert_eq!(metric(&text, &ready), Some(3.0), "{ready}");
+
+    // A deleted service leaves no replica series behind.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    let series = format!(
+        "perennial_replicas{{namespace=\"{}\",name=\"web\",",
+        ns.name
+    );
+    wait_for(
+        "the deleted service's replica series to go",
+        TIMEOUT,
+        || {
+            let addr = addr.clone();
+            let series = series.clone();
+            async move {
+                let text = scrape(&addr).await;
+                let left: Vec<&str> = text.lines().filter(|l| l.starts_with(&series)).collect();
+                match (text.contains("perennial_leader 1"), left.is_empty()) {
+                    (true, true) => Ok(()),
+                    (false, _) => Err(format!("no answer from the operator: {text:?}")),
+                    (true, false) => Err(left.join("\n")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// A CRD of a test's own for the operator's start-up check to read in place of the shared
+/// ResilientService CRD, which no test may change; deleted when the guard drops.
+struct CheckedCrd {
+    name: String,
+    group: String,
+}
+
+impl CheckedCrd {
+    fn new() -> Self {
+        let group = format!("crd-check-{}.perennial.dev", unique_suffix());
+        Self {
+            name: format!("probes.{group}"),
+            group,
+        }
+    }
+
+    /// Creates it, or replaces its stamp, with `schema_hash`.
+    async fn apply(&self, client: &kube::Client, schema_hash: &str) {
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {
+                "name": self.name,
+                "annotations": {
+                    perennial::api::ANNOTATION_SCHEMA_HASH: schema_hash,
+                    perennial::api::ANNOTATION_VERSION: "0.0.1"
+                }
+            },
+            "spec": {
+                "group": self.group,
+                "names": {"kind": "Probe", "plural": "probes", "singular": "probe", "listKind": "ProbeList"},
+                "scope": "Namespaced",
+                "versions": [{
+                    "name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+                }]
+            }
+        }))
+        .unwrap();
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        api.patch(
+            &self.name,
+            &PatchParams::apply("perennial-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply the test's CRD");
+    }
+}
+
+impl Drop for CheckedCrd {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "crd", &self.name, "--wait=false"]);
+    }
+}
+
+/// Waits until `/readyz` answers `status` with a body containing `reason`.
+async fn readyz(addr: &str, status: &str, reason: &str) -> String {
+    wait_for(
+        &format!("/readyz to answer {status} {reason:?}"),
+        TIMEOUT,
+        || async {
+            let answer = get(addr, "/readyz").await;
+            let body = answer
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            (answer.starts_with(&format!("HTTP/1.1 {status}")) && body.contains(reason))
+                .then_some(body)
+                .ok_or(answer)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_operator_meeting_another_crd_stays_unready_saying_what_to_apply_until_its_own_is_installed(
+) {
+    let ns = TestNamespace::new("rt-crd-check").await;
+    install_crd(&ns.client).await;
+    let crd = CheckedCrd::new();
+    let op = Operator::start_with(
+        &ns.name,
+        &[
+            "--leader-elect=false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--crd-check-name",
+            &crd.name,
+        ],
+    );
+    let addr = metrics_addr(&op).await;
+    let apply = "kubectl apply --server-side -f crds/";
+
+    let missing = readyz(&addr, "503", "is not installed").await;
+    assert!(missing.contains(apply), "{missing}");
+    assert!(get(&addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        metric(&scrape(&addr).await, "perennial_leader "),
+        Some(0.0),
+        "it does not act"
+    );
+
+    crd.apply(&ns.client, "sha256:0123456789abcdef").await;
+    let differs = readyz(&addr, "503", "sha256:0123456789abcdef").await;
+    println!("/readyz: {differs}");
+    assert!(differs.contains(perennial::api::schema_hash()), "{differs}");
+    assert!(differs.contains(apply), "{differs}");
+
+    // The right stamp, and no restart.
+    crd.apply(&ns.client, perennial::api::schema_hash()).await;
+    readyz(&addr, "200", "ok").await;
+    wait_for("the operator to act", TIMEOUT, || async {
+        (metric(&scrape(&addr).await, "perennial_leader ") == Some(1.0))
+            .then_some(())
+            .ok_or("not yet".to_string())
+    })
+    .await;
+
+    // One log line per reason, not one per retry.
+    let log = strip_ansi(&std::fs::read_to_string(&op.log).unwrap());
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&crd.name))
+        .collect();
+    assert_eq!(said.len(), 2, "{}", said.join("\n"));
+    assert!(said[0].contains("is not installed") && said[1].contains("sha256:0123456789abcdef"));
 }

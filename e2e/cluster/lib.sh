@@ -12,19 +12,27 @@ KUBECONFIG_PATH="$STATE_DIR/kubeconfig"
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
-# module_version DIR MODULE: the version a wrapper module pins.
+# module_version DIR MODULE: the version a wrapper module pins or selects (also an
+# indirect requirement, such as the k8s.io libraries Helm is built with).
 module_version() {
-  sed -n "s#^require $2 \(v[^ ]*\)#\1#p; s#^[[:space:]]*$2 \(v[^ ]*\)\$#\1#p" "$GO_MODULES/$1/go.mod" | head -n 1
+  sed -n "s#^require $2 \(v[^ ]*\)#\1#p; s#^[[:space:]]*$2 \(v[^ ]*\)\( // indirect\)\{0,1\}\$#\1#p" "$GO_MODULES/$1/go.mod" | head -n 1
 }
 
-# Bump when the build flags change, so that cached binaries are rebuilt.
-BUILD_REVISION=1
+# build_revision NAME: bump a component's number when its build flags change, so that its
+# cached binaries, and only its, are rebuilt.
+# helm 2: the version and Kubernetes version ldflags of Helm's own release build.
+build_revision() {
+  case "$1" in
+    helm) echo 2 ;;
+    *) echo 1 ;;
+  esac
+}
 
 # bin_dir NAME: where one component's binaries are cached, keyed by its go.mod, go.sum and
-# BUILD_REVISION, so a new pin or new build flags rebuild and nothing else does.
+# build revision, so a new pin or new build flags rebuild and nothing else does.
 bin_dir() {
   local key
-  key=$( (cat "$GO_MODULES/$1/go.mod" "$GO_MODULES/$1/go.sum"; echo "$BUILD_REVISION") | sha256sum | cut -c1-12)
+  key=$( (cat "$GO_MODULES/$1/go.mod" "$GO_MODULES/$1/go.sum"; build_revision "$1") | sha256sum | cut -c1-12)
   printf '%s/%s-%s\n' "$CACHE_DIR" "$1" "$key"
 }
 

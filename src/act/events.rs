@@ -39,7 +39,7 @@ pub fn event_for(action: &Action) -> Option<Event> {
         Action::ForceDeletePod { name, reason } => {
             return Some(warning("NodeLost", format!("replacing pod {name}: {reason}"), "Repair"))
         }
-        Action::RebuildClaim { name, reason } => {
+        Action::RebuildClaim { name, reason, .. } => {
             return Some(warning(
                 "VolumeRebuilt",
                 format!("claim {name} is replaced by a new, empty one and its replica starts without its data: {reason}"),

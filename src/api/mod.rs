@@ -5,11 +5,15 @@
 
 pub mod reference;
 mod spec;
+mod stamp;
 mod status;
 #[cfg(test)]
 mod tests;
 
 pub use spec::*;
+pub use stamp::{
+    crd, schema_hash, schema_hash_of, ANNOTATION_SCHEMA_HASH, ANNOTATION_VERSION, VERSION,
+};
 pub use status::*;
 
 /// The API group of every Perennial resource.
@@ -37,10 +41,10 @@ pub const ANNOTATION_BAD_REVISION: &str = "perennial.dev/failed";
 /// The field manager the operator uses for every server-side apply.
 pub const FIELD_MANAGER: &str = "perennial";
 
-/// The CustomResourceDefinition of `ResilientService` as YAML, as `make crds` writes it.
+/// The CustomResourceDefinition of `ResilientService` as YAML, stamped, as `make crds`
+/// writes it.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crd = ResilientService::crd();
+    let crd = crd();
     let body = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
     format!("# Generated from the Rust types by `make crds`; do not edit.\n{body}")
 }

@@ -53,8 +53,13 @@ pub enum Action {
     ForceDeletePod { name: String, reason: String },
     /// Taint a lost node out-of-service (repair.fencing: TaintOutOfService).
     TaintNode { node: String },
-    /// Delete a claim so that its slot gets a new, empty one (repair.storage.onVolumeLost).
-    RebuildClaim { name: String, reason: String },
+    /// Delete a claim so that slot `ordinal` gets a new, empty one (repair.storage.onVolumeLost,
+    /// or the RebuildStorage rung of the escalation ladder).
+    RebuildClaim {
+        name: String,
+        ordinal: i32,
+        reason: String,
+    },
     /// Remove the abort annotation, if it still holds `value`: the abort was carried out, or
     /// names no rollout that is going on.
     ClearAbort { value: String },

@@ -332,6 +332,7 @@ pub(super) fn plan(
             for c in seen.claims.iter().filter(|c| c.slot == slot && !c.deleting) {
                 plan.actions.push(Action::RebuildClaim {
                     name: c.name.clone(),
+                    ordinal: slot,
                     reason: what.clone(),
                 });
             }
@@ -363,6 +364,7 @@ fn rebuild_lost_claims(
         match svc.spec.repair.storage.on_volume_lost {
             VolumeLostPolicy::Recreate if *fenced => actions.push(Action::RebuildClaim {
                 name: claim.name.clone(),
+                ordinal: slot,
                 reason: format!("VolumeLost: its volume was bound to node {node}, which is lost"),
             }),
             VolumeLostPolicy::Recreate => {

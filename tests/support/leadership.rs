@@ -78,13 +78,18 @@ pub fn strip_ansi(s: &str) -> String {
 }
 
 pub async fn scrape(addr: &str) -> String {
+    get(addr, "/metrics").await
+}
+
+/// The whole answer (status line, headers and body) of `GET path`; empty when nothing
+/// answers.
+pub async fn get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return String::new();
     };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = s.write_all(request.as_bytes()).await;
     let mut body = String::new();
     let _ = s.read_to_string(&mut body).await;
     body

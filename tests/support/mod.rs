@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, CustomResourceExt};
+use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
 mod audit;
@@ -121,14 +121,20 @@ impl Drop for TestNamespace {
 
 static CRD_INSTALLED: OnceCell<()> = OnceCell::const_new();
 
-/// Installs the ResilientService CRD generated from the Rust types, once per test binary,
-/// and waits until it is served.
+/// Installs the ResilientService CRD generated from the Rust types (stamped, as `make crds`
+/// writes it, so that the operator's start-up check passes), once per test binary, and
+/// waits until it is served.
 pub async fn install_crd(client: &Client) {
     CRD_INSTALLED
         .get_or_init(|| async {
             let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-            let crd = perennial::api::ResilientService::crd();
+            let mut crd = perennial::api::crd();
             let name = crd.metadata.name.clone().expect("the CRD has a name");
+            // The stamp is applied by a field manager of its own. A test binary built from a
+            // tree without the stamp applies the CRD as perennial-tests too; had that manager
+            // owned the stamp, such an apply on the same cluster would strip it, and every
+            // operator started after it would wait for its CRD.
+            let stamp = crd.metadata.annotations.take();
             api.patch(
                 &name,
                 &PatchParams::apply("perennial-tests").force(),
@@ -136,6 +142,18 @@ pub async fn install_crd(client: &Client) {
             )
             .await
             .expect("apply the CRD");
+            let stamp = serde_json::json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": name, "annotations": stamp},
+            });
+            api.patch(
+                &name,
+                &PatchParams::apply("perennial-tests-stamp").force(),
+                &Patch::Apply(&stamp),
+            )
+            .await
+            .expect("stamp the CRD");
             wait_object(&api, &name, "established", Duration::from_secs(30), |crd| {
                 let established = crd
                     .status

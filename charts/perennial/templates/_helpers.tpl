@@ -120,12 +120,18 @@ No get: every read comes from a watch cache.
 {{/*
 RBAC rules for cluster-scoped objects, whatever namespaces are watched: nodes (list/watch
 for domains and health; get and patch to taint a lost node out-of-service, only with
-rbac.nodeFencing) and persistentvolumes (list/watch, to see where a claim's volume lives).
+rbac.nodeFencing), persistentvolumes (list/watch, to see where a claim's volume lives) and
+the ResilientService CRD itself (get, by name: the start-up check that it is the CRD this
+version of the operator was built with).
 */}}
 {{- define "perennial.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes", "persistentvolumes"]
   verbs: ["list", "watch"]
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["resilientservices.perennial.dev"]
+  verbs: ["get"]
 {{- if .Values.rbac.nodeFencing }}
 - apiGroups: [""]
   resources: ["nodes"]
