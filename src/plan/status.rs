@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{merge_conditions, Decided};
-use super::repair::{window, RepairPlan};
+use super::repair::{slot_failure, window, RepairPlan};
 use super::resolve;
 use super::rollout::Decision;
 use crate::api::{condition, Failure, ReplicaStatus, ResilientService, ResilientServiceStatus};
@@ -279,17 +279,17 @@ fn ledger(
             if note.repaired {
                 recent.push(Time(seen.now));
             }
-            let last_failure = match pod.and_then(|p| p.state.failure(seen.now)) {
+            let last_failure = match pod.and_then(|p| slot_failure(svc, p, seen.now)) {
                 Some((reason, message)) => {
                     let prior = before.and_then(|b| b.last_failure.as_ref());
                     Some(match prior {
                         Some(f) if f.reason == reason && f.recovered_at.is_none() => Failure {
-                            message: message.to_string(),
+                            message,
                             ..f.clone()
                         },
                         _ => Failure {
-                            reason: reason.to_string(),
-                            message: message.to_string(),
+                            reason,
+                            message,
                             at: Time(seen.now),
                             recovered_at: None,
                         },

@@ -27,6 +27,8 @@ use super::Action;
 use crate::api::{EscalationStep, ReplicaStatus, ResilientService, ResilientServiceStatus};
 use crate::health::{Assessment, PodState, PodView};
 
+pub(super) use supervise::slot_failure;
+
 /// What repair decided for one slot, for the ledger.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct SlotNote {
@@ -249,5 +251,32 @@ mod tests {
             "slot 2's back-off ends first"
         );
         assert_eq!(p.degraded, None, "a back-off is no verdict");
+    }
+
+    #[test]
+    fn a_never_ready_pod_is_repaired_and_its_failure_recorded_in_the_ledger() {
+        let svc = fixtures::service(3, false);
+        let mut seen = fixtures::converged(&svc);
+        let deadline = i64::from(svc.spec.update.progress_deadline_seconds);
+        seen.pods[2].state = PodState::NotReady {
+            since: fixtures::ago(deadline + 1),
+        };
+        let p = crate::plan::plan(&svc, &seen);
+        assert!(
+            matches!(&p.actions[..], [Action::DeletePod { reason, .. }] if reason.starts_with("Restart after NeverReady")),
+            "{:?}",
+            p.actions
+        );
+        let failure = p.status.replica_statuses[2]
+            .last_failure
+            .clone()
+            .expect("NeverReady is recorded");
+        assert_eq!(failure.reason, "NeverReady");
+        assert!(
+            failure.message.contains("has not been Ready since"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(failure.at.0, seen.now);
     }
 }

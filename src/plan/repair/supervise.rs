@@ -15,7 +15,8 @@ use crate::plan::Action;
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// The supervised failure of a pod, if it has one: (reason, message).
+/// The supervised failure of a pod, if it has one: (reason, message). A pod the scheduler
+/// cannot place, or on a lost node, is not one: those are the scheduler's and node loss's.
 pub(super) fn supervised_failure(
     svc: &ResilientService,
     pod: &PodView,
@@ -27,18 +28,41 @@ pub(super) fn supervised_failure(
             reason, message, ..
         }
         | PodState::ImagePullFailing { reason, message } => Some((reason.clone(), message.clone())),
-        PodState::NotReady { since } => {
-            let deadline = i64::from(svc.spec.update.progress_deadline_seconds);
-            let waited = now.as_second() - since.as_second();
-            (waited >= deadline).then(|| {
-                (
-                    "NeverReady".to_string(),
-                    format!("pod {} has not been Ready for {waited} s", pod.name),
-                )
-            })
-        }
+        PodState::NotReady { .. } => never_ready(svc, pod, now),
         _ => None,
     }
+}
+
+/// The failure the ledger records for a slot's pod: the failure its state is, or
+/// NeverReady for a pod that has run unready for a whole progress deadline.
+pub(in crate::plan) fn slot_failure(
+    svc: &ResilientService,
+    pod: &PodView,
+    now: Timestamp,
+) -> Option<(String, String)> {
+    pod.state
+        .failure(now)
+        .map(|(reason, message)| (reason.to_string(), message.to_string()))
+        .or_else(|| never_ready(svc, pod, now))
+}
+
+/// NeverReady, for a pod that runs but has not been Ready for
+/// `update.progressDeadlineSeconds`. The message names the moment, not the seconds waited:
+/// it goes into the status, which must not change on every pass while nothing happens.
+fn never_ready(svc: &ResilientService, pod: &PodView, now: Timestamp) -> Option<(String, String)> {
+    let PodState::NotReady { since } = pod.state else {
+        return None;
+    };
+    let deadline = i64::from(svc.spec.update.progress_deadline_seconds);
+    (now.as_second() - since.as_second() >= deadline).then(|| {
+        (
+            "NeverReady".to_string(),
+            format!(
+                "pod {} has not been Ready since {since}, longer than update.progressDeadlineSeconds ({deadline} s)",
+                pod.name
+            ),
+        )
+    })
 }
 
 /// The rung of the ladder for a slot with `repairs` repairs in the window: one rung per
@@ -313,6 +337,47 @@ mod tests {
         assert_eq!(
             out.note.waiting_for.as_deref(),
             Some("back-off: next repair in 3 s")
+        );
+    }
+
+    #[test]
+    fn the_ledger_records_never_ready_as_it_records_the_other_failures() {
+        let svc = fixtures::service(1, false);
+        let seen = fixtures::converged(&svc);
+        let deadline = i64::from(svc.spec.update.progress_deadline_seconds);
+        let mut pod = seen.pods[0].clone();
+        pod.state = PodState::NotReady {
+            since: fixtures::ago(deadline - 1),
+        };
+        assert_eq!(slot_failure(&svc, &pod, seen.now), None, "not for long yet");
+        pod.state = PodState::NotReady {
+            since: fixtures::ago(deadline + 5),
+        };
+        let (reason, message) = slot_failure(&svc, &pod, seen.now).unwrap();
+        assert_eq!(reason, "NeverReady");
+        assert!(
+            message.starts_with(&format!("pod {} has not been Ready since 20", pod.name)),
+            "{message}"
+        );
+        let later = fixtures::ago(-30);
+        assert_eq!(
+            slot_failure(&svc, &pod, later).unwrap().1,
+            message,
+            "the message stays the same while the pod stays unready"
+        );
+        pod.state = crash();
+        assert_eq!(
+            slot_failure(&svc, &pod, seen.now).map(|f| f.0).as_deref(),
+            Some("CrashLoopBackOff")
+        );
+        pod.state = PodState::Unschedulable {
+            message: "0/3 nodes are available".into(),
+            since: fixtures::ago(60),
+        };
+        assert_eq!(
+            slot_failure(&svc, &pod, seen.now).map(|f| f.0).as_deref(),
+            Some("Unschedulable"),
+            "the ledger also records what is not supervised"
         );
     }
 }
