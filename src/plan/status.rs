@@ -344,7 +344,8 @@ fn ledger(
                     .escalation
                     .map(|e| format!("{e:?}"))
                     .or_else(|| before.and_then(|b| b.escalation.clone()).filter(|_| !ready)),
-                avoid_node: note.avoid_node.clone(),
+                avoid_node: note.avoid.as_ref().map(|a| a.node.clone()),
+                avoid_node_reason: note.avoid.as_ref().map(|a| a.reason.word().to_string()),
                 waiting_for: note.waiting_for.clone(),
                 last_failure,
             }

@@ -78,6 +78,7 @@ fn converged(svc: &ResilientService) -> Assessment {
         nodes_total: 3,
         nodes_lost: 0,
         node_recheck_seconds: None,
+        nodes_back: Default::default(),
     }
 }
 

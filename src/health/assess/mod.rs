@@ -9,7 +9,7 @@ mod storage;
 #[cfg(test)]
 mod fixtures;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
@@ -87,6 +87,9 @@ pub struct Assessment {
     /// Seconds until a node hosting one of our pods, silent or unready but not lost yet,
     /// would be judged lost: the planner looks again then, since a dead node sends no event.
     pub node_recheck_seconds: Option<i64>,
+    /// Of the nodes the ledger names (a slot's node, or the node it avoids), those that
+    /// renew their lease and are Ready: an avoidance of a lost node ends there.
+    pub nodes_back: BTreeSet<String>,
 }
 
 /// Judges everything observed for `svc` at `now`.
@@ -105,5 +108,6 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         service: children::service_state(svc, observed),
         budget_up_to_date: children::budget_up_to_date(svc, observed),
         node_domains: nodes::domains(svc, observed),
+        nodes_back: nodes::back(svc, observed, now),
     }
 }

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use super::PodView;
 use crate::api::ResilientService;
 use crate::health::node::seconds_until_lost;
-use crate::health::{judge_node, Heartbeat, NodeHealth};
+use crate::health::{judge_node, node_back, Heartbeat, NodeHealth};
 use crate::observe::Observed;
 
 /// Judges the nodes of one observation at one moment, with the service's threshold.
@@ -85,6 +85,27 @@ pub fn recheck_seconds(pods: &[PodView], judge: &NodeJudge) -> Option<i64> {
         .into_iter()
         .filter_map(|name| judge.seconds_until_lost(name))
         .min()
+}
+
+/// Of the nodes the service's ledger names (a slot's node, or the node it avoids), those
+/// that are back: they renew their lease and are Ready.
+pub fn back(svc: &ResilientService, observed: &Observed, now: Timestamp) -> BTreeSet<String> {
+    let named: BTreeSet<&str> = svc
+        .status
+        .iter()
+        .flat_map(|s| &s.replica_statuses)
+        .flat_map(|r| [r.avoid_node.as_deref(), r.node.as_deref()])
+        .flatten()
+        .collect();
+    named
+        .into_iter()
+        .filter(|n| {
+            let node = observed.nodes.get(*n).map(|n| n.as_ref());
+            let lease = observed.leases.get(*n).map(|l| l.as_ref());
+            node_back(n, node, lease, None, now).is_ok()
+        })
+        .map(String::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -163,5 +184,32 @@ mod tests {
             "n3 is lost already"
         );
         assert_eq!(recheck_seconds(&[], &judge), None);
+    }
+
+    #[test]
+    fn the_nodes_the_ledger_names_are_back_when_they_renew_and_are_ready() {
+        let mut svc = svc();
+        let entry = |node: &str, avoid: &str| crate::api::ReplicaStatus {
+            node: Some(node.into()),
+            avoid_node: Some(avoid.into()),
+            ..Default::default()
+        };
+        svc.status = Some(crate::api::ResilientServiceStatus {
+            replica_statuses: vec![entry("n1", "n2"), entry("n3", "gone")],
+            ..Default::default()
+        });
+        let mut observed = observed();
+        assert_eq!(back(&svc, &observed, at(NOW)), ["n1".to_string()].into());
+        // n2 renews again.
+        observed.leases.insert("n2".into(), lease("n2", NOW - 1));
+        assert_eq!(
+            back(&svc, &observed, at(NOW)),
+            ["n1".to_string(), "n2".to_string()].into(),
+            "not n3, silent, nor a node that no longer exists"
+        );
+        assert_eq!(
+            back(&super::super::fixtures::svc(), &observed, at(NOW)),
+            BTreeSet::new()
+        );
     }
 }

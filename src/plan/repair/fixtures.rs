@@ -77,6 +77,7 @@ pub fn converged(svc: &ResilientService) -> Assessment {
         nodes_total: 3,
         nodes_lost: 0,
         node_recheck_seconds: None,
+        nodes_back: Default::default(),
     }
 }
 

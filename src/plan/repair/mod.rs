@@ -7,6 +7,7 @@
 //! whole service), node loss, storage (a claim deleted under its pod, volumes lost with a
 //! node), then supervision of a failing pod; and last the verdict over the whole ledger.
 
+mod avoidance;
 mod budget;
 mod node_loss;
 mod storage;
@@ -27,6 +28,7 @@ use super::Action;
 use crate::api::{EscalationStep, ReplicaStatus, ResilientService, ResilientServiceStatus};
 use crate::health::{Assessment, PodState, PodView};
 
+pub(super) use avoidance::{AvoidReason, Avoidance};
 pub(super) use supervise::slot_failure;
 
 /// What repair decided for one slot, for the ledger.
@@ -35,7 +37,8 @@ pub(super) struct SlotNote {
     /// A repair was made this pass.
     pub repaired: bool,
     pub escalation: Option<EscalationStep>,
-    pub avoid_node: Option<String>,
+    /// A node the slot's next pod must avoid, and why.
+    pub avoid: Option<Avoidance>,
     pub waiting_for: Option<String>,
     pub quarantined: bool,
 }
@@ -146,8 +149,21 @@ pub(super) fn plan(
     plan
 }
 
-/// The steps for one slot.
+/// The steps for one slot; last, an avoidance whose node is back is lifted.
 fn plan_slot(
+    s: &Settings,
+    slot: i32,
+    mass_failure: bool,
+    budget: &mut budget::Budget,
+    rolling_revision: Option<&str>,
+) -> SlotPlan {
+    let mut out = slot_steps(s, slot, mass_failure, budget, rolling_revision);
+    avoidance::lift(s.seen, &mut out.note);
+    out
+}
+
+/// What is decided for one slot, in order: node loss, storage, supervision.
+fn slot_steps(
     s: &Settings,
     slot: i32,
     mass_failure: bool,
@@ -158,7 +174,7 @@ fn plan_slot(
     let pods: Vec<&PodView> = s.seen.pods.iter().filter(|p| p.slot == slot).collect();
     let mut out = SlotPlan {
         note: SlotNote {
-            avoid_node: entry.and_then(|e| e.avoid_node.clone()),
+            avoid: avoidance::carried(entry),
             ..Default::default()
         },
         ..Default::default()
@@ -178,7 +194,10 @@ fn plan_slot(
     }
     if pods.is_empty() {
         if let Some(node) = storage::node_lost_with_pod(s, entry) {
-            out.note.avoid_node = Some(node);
+            out.note.avoid = Some(Avoidance {
+                node,
+                reason: AvoidReason::NodeLost,
+            });
         }
         storage::rebuild_lost_claims(s, slot, &mut out);
     }
@@ -278,5 +297,40 @@ mod tests {
             failure.message
         );
         assert_eq!(failure.at.0, seen.now);
+    }
+
+    #[test]
+    fn a_lost_node_is_avoided_until_it_is_back_and_ready_and_a_rescheduled_one_after() {
+        let mut svc = fixtures::service(3, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[1].state = lost(false);
+        let pass = |svc: &mut ResilientService, seen: &Assessment| {
+            let p = crate::plan::plan(svc, seen);
+            svc.status = Some(p.status.clone());
+            let e = &p.status.replica_statuses[1];
+            (e.avoid_node.clone(), e.avoid_node_reason.clone())
+        };
+        let avoided = (Some("node-1".to_string()), Some("NodeLost".to_string()));
+        assert_eq!(pass(&mut svc, &seen), avoided);
+        // The pod is gone, its node still down: the replacement keeps off it.
+        seen.pods.remove(1);
+        assert_eq!(pass(&mut svc, &seen), avoided);
+        // The node renews its lease again and is Ready.
+        seen.nodes_back.insert("node-1".into());
+        assert_eq!(pass(&mut svc, &seen), (None, None));
+
+        // A Reschedule's avoidance outlasts its node's health.
+        let mut svc = fixtures::service(3, false);
+        svc.spec.supervision.max_restarts = 1;
+        fixtures::with_repairs(&mut svc, 0, &[100]);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[0].state = crash();
+        seen.nodes_back.insert("node-0".into());
+        let p = crate::plan::plan(&svc, &seen);
+        let e = &p.status.replica_statuses[0];
+        assert_eq!(
+            (e.avoid_node.as_deref(), e.avoid_node_reason.as_deref()),
+            (Some("node-0"), Some("Reschedule"))
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::budget::{Budget, WAITING_FOR_BUDGET};
 use super::storm::WAITING_FOR_CALM;
-use super::{storage, Settings, SlotPlan};
+use super::{storage, AvoidReason, Avoidance, Settings, SlotPlan};
 use crate::api::{EscalationStep, Fencing};
 use crate::health::{NodeHealth, PodState, PodView};
 
@@ -71,7 +71,10 @@ fn replace(s: &Settings, pod: &PodView, budget: &mut Budget, out: &mut SlotPlan)
     // off it already; avoiding the node for good would strand a slot whose retained volume
     // lives there once the node is repaired.
     if !s.stateful {
-        out.note.avoid_node = pod.node.clone();
+        out.note.avoid = pod.node.clone().map(|node| Avoidance {
+            node,
+            reason: AvoidReason::NodeLost,
+        });
     }
     storage::rebuild_lost_claims(s, pod.slot, out);
 }
@@ -162,14 +165,20 @@ mod tests {
         assert_eq!(out_kinds(&out), vec!["ForceDeletePod"]);
         assert!(out.note.repaired);
         assert_eq!(out.note.escalation, Some(EscalationStep::Reschedule));
-        assert_eq!(out.note.avoid_node.as_deref(), Some("node-1"));
+        assert_eq!(
+            out.note.avoid,
+            Some(Avoidance {
+                node: "node-1".into(),
+                reason: AvoidReason::NodeLost
+            })
+        );
 
         let svc = fixtures::service(3, true);
         let mut seen = fixtures::converged(&svc);
         seen.pods[1].state = lost(true);
         let out = decide(&svc, &seen, 1, false);
         assert_eq!(out_kinds(&out), vec!["ForceDeletePod"]);
-        assert_eq!(out.note.avoid_node, None);
+        assert_eq!(out.note.avoid, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::budget::{Budget, WAITING_FOR_BUDGET};
-use super::{window, Settings, SlotPlan};
+use super::{window, AvoidReason, Avoidance, Settings, SlotPlan};
 use crate::api::{EscalationStep, ResilientService, VolumeLostPolicy};
 use crate::health::{PodState, PodView};
 use crate::plan::Action;
@@ -142,7 +142,10 @@ pub(super) fn repair(
         reason: format!("{step:?} after {what}"),
     });
     if step == EscalationStep::Reschedule {
-        out.note.avoid_node = pod.node.clone();
+        out.note.avoid = pod.node.clone().map(|node| Avoidance {
+            node,
+            reason: AvoidReason::Reschedule,
+        });
     }
     if step == EscalationStep::RebuildStorage {
         for c in s
@@ -289,12 +292,18 @@ mod tests {
         assert!(
             matches!(&out.actions[..], [Action::DeletePod { reason, .. }] if reason.starts_with("Restart after CrashLoopBackOff"))
         );
-        assert_eq!((out.note.repaired, out.note.avoid_node), (true, None));
+        assert_eq!((out.note.repaired, out.note.avoid), (true, None));
         svc.spec.supervision.max_restarts = 1;
         with_repairs(&mut svc, 1, &[100]);
         let out = run(&svc, 1);
         assert_eq!(out.note.escalation, Some(Reschedule));
-        assert_eq!(out.note.avoid_node.as_deref(), Some("node-1"));
+        assert_eq!(
+            out.note.avoid,
+            Some(Avoidance {
+                node: "node-1".into(),
+                reason: AvoidReason::Reschedule
+            })
+        );
     }
 
     #[test]
