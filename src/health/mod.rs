@@ -4,7 +4,7 @@ mod assess;
 mod node;
 mod pod;
 
-pub use assess::{assess, Assessment, ClaimView, PodView, RevisionView, ServiceState};
+pub use assess::{assess, Assessment, ClaimView, FenceView, PodView, RevisionView, ServiceState};
 pub use node::{
     judge_node, node_back, node_fingerprint, Heartbeat, NodeHealth, OUT_OF_SERVICE_TAINT,
     SUSPECT_AFTER_SECONDS,

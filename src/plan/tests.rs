@@ -79,6 +79,7 @@ fn converged(svc: &ResilientService) -> Assessment {
         nodes_lost: 0,
         node_recheck_seconds: None,
         nodes_back: Default::default(),
+        fences: vec![],
     }
 }
 
@@ -166,7 +167,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                     c.deleting = true;
                 }
             }
-            Action::TaintNode { .. } => {}
+            Action::TaintNode { .. } | Action::UntaintNode { .. } | Action::ForgetFence { .. } => {}
             Action::MarkRevisionBad { name, .. } => {
                 for r in next.revisions.iter_mut().filter(|r| &r.name == name) {
                     r.bad = true;

@@ -2,6 +2,7 @@
 //! claims, the children (revisions, Service, disruption budget), and the nodes.
 
 mod children;
+mod fences;
 mod nodes;
 mod pods;
 mod storage;
@@ -18,6 +19,7 @@ use crate::observe::Observed;
 
 use super::PodState;
 
+pub use fences::FenceView;
 pub use nodes::NodeJudge;
 
 /// One pod of the service.
@@ -90,6 +92,8 @@ pub struct Assessment {
     /// Of the nodes the ledger names (a slot's node, or the node it avoids), those that
     /// renew their lease and are Ready: an avoidance of a lost node ends there.
     pub nodes_back: BTreeSet<String>,
+    /// The fences (out-of-service taints) this service put on nodes.
+    pub fences: Vec<FenceView>,
 }
 
 /// Judges everything observed for `svc` at `now`.
@@ -109,5 +113,6 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         budget_up_to_date: children::budget_up_to_date(svc, observed),
         node_domains: nodes::domains(svc, observed),
         nodes_back: nodes::back(svc, observed, now),
+        fences: fences::fences(svc, observed, now),
     }
 }

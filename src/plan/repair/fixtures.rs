@@ -78,6 +78,7 @@ pub fn converged(svc: &ResilientService) -> Assessment {
         nodes_lost: 0,
         node_recheck_seconds: None,
         nodes_back: Default::default(),
+        fences: vec![],
     }
 }
 

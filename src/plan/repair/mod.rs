@@ -5,10 +5,13 @@
 //!
 //! One pass takes each slot through named steps, in order: the storm guard (once, for the
 //! whole service), node loss, storage (a claim deleted under its pod, volumes lost with a
-//! node), then supervision of a failing pod; and last the verdict over the whole ledger.
+//! node), then supervision of a failing pod, and lifts an avoidance whose node is back;
+//! then it ends the fences whose nodes are back, and last gives the verdict over the
+//! whole ledger.
 
 mod avoidance;
 mod budget;
+mod fence;
 mod node_loss;
 mod storage;
 mod storm;
@@ -143,6 +146,9 @@ pub(super) fn plan(
             plan.notes.insert(slot, slot_plan.note);
         }
     }
+    let (unfence, requeue) = fence::plan(svc, seen);
+    plan.actions.extend(unfence);
+    plan.requeue = earliest(plan.requeue, requeue);
     if plan.degraded.is_none() {
         plan.degraded = verdict::ledger_verdict(seen, &plan.notes);
     }
