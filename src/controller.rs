@@ -137,6 +137,12 @@ fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
     Some(ObjectRef::new(name).within(ns))
 }
 
+/// The service that fenced a node, as the node's fence record names it.
+fn fenced_by(node: &Node) -> Option<ObjectRef<ResilientService>> {
+    let (ns, name) = crate::build::FenceRecord::of(node)?.fencer()?;
+    Some(ObjectRef::new(&name).within(&ns))
+}
+
 /// Runs the controller until a shutdown signal.
 pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health: Arc<Health>) {
     let ns = options.namespace.as_deref();
@@ -189,18 +195,21 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         health: health.clone(),
     });
 
-    // A node event reconciles every service with a pod on that node.
+    // A node event reconciles every service with a pod on that node, and the service that
+    // fenced it: its pods have left the node, but the fence is its to remove.
     let pods_on_node = pods.clone();
     let node_to_services = move |node: Node| {
         let node_name = node.name_any();
-        pods_on_node
+        let mut services = pods_on_node
             .state()
             .into_iter()
             .filter(|p| {
                 p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
             })
             .filter_map(|p| by_label(p.as_ref().clone()))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        services.extend(fenced_by(&node));
+        services
     };
 
     let silent_nodes = node_to_services.clone();

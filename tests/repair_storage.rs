@@ -1,7 +1,7 @@
 //! Stateful replicas on a lost node, on the local control plane: fenced out of service and
 //! given a new claim on a node that is alive; waiting for evidence while the node is only
 //! silent, and moving once it is deleted; and a node back before the repair, which never
-//! doubles a slot.
+//! doubles a slot; and a fence removed once its node is back, a person's left alone.
 //!
 //! Every test plays its node faults on TestNodes of its own: its workloads select them by
 //! a group label unique to the test and tolerate their taint, so no other test notices.
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams};
+use kube::ResourceExt;
 use perennial::api::ResilientService;
 use serde_json::{json, Value};
 use support::nodes::*;
@@ -305,4 +306,194 @@ async fn node_back_before_a_stateful_repair_never_doubles_a_slot_and_the_ledger_
         seen.events
     );
     assert_eq!(status(&cleared.1).reason, None);
+}
+
+/// The out-of-service taint on a node, if any.
+fn out_of_service_taint(node: &Node) -> Option<k8s_openapi::api::core::v1::Taint> {
+    node.spec
+        .as_ref()?
+        .taints
+        .as_ref()?
+        .iter()
+        .find(|t| t.key == OUT_OF_SERVICE_TAINT)
+        .cloned()
+}
+
+/// The operator's fence record on a node (its annotation), if any.
+fn fence_record(node: &Node) -> Option<Value> {
+    let raw = node.annotations().get(perennial::api::ANNOTATION_FENCE)?;
+    serde_json::from_str(raw).ok()
+}
+
+/// Patches of `node` the operator's identity made that the API server accepted, from its
+/// audit log.
+fn operator_node_patches(node: &str) -> usize {
+    audit_entries(&["perennial-operator", node])
+        .into_iter()
+        .filter(|e| {
+            e["user"]["username"] == "perennial-operator"
+                && e["verb"] == "patch"
+                && e["objectRef"]["resource"] == "nodes"
+                && e["objectRef"]["name"] == node
+                && e["stage"] == "ResponseComplete"
+                && e["responseStatus"]["code"] == 200
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn the_operators_fence_is_removed_once_its_node_is_back_and_ready_and_a_persons_is_left_alone(
+) {
+    let ns = TestNamespace::new("repair-unfence").await;
+    let nodes = NodeGroup::new(
+        &ns.client,
+        "repair-unfence",
+        &["zone-a", "zone-b", "zone-c"],
+        2,
+    )
+    .await;
+    let _operator = Operator::with_crd(&ns).await;
+    let spec = stateful(json!({"repair": {
+        "nodeLostAfterSeconds": 10,
+        "fencing": "TaintOutOfService",
+        "storage": {"onVolumeLost": "Recreate"}
+    }}));
+    let api = create_service(&ns, &placed_service("db", nodes.placement(), spec)).await;
+    wait_available(&api, "db", 1, POD_TIMEOUT).await;
+    let node_api: Api<Node> = Api::all(ns.client.clone());
+    let node = |name: String| {
+        let api = node_api.clone();
+        async move { api.get(&name).await.map_err(|e| e.to_string()) }
+    };
+    let moved_off = |from: String| {
+        let ns = &ns;
+        async move {
+            let p = ready_pod(ns, "db", 0).await?;
+            (node_of(&p) != from)
+                .then_some(p)
+                .ok_or(format!("still on {from}"))
+        }
+    };
+
+    // The operator fences the first node it loses, and records that it did.
+    let first = node_of(&ready_pod(&ns, "db", 0).await.expect("slot 0 is Ready"));
+    fault("node-lost", Some(&first));
+    let (ours, record) = wait_for(
+        &format!("node {first} tainted {OUT_OF_SERVICE_TAINT}, with a record"),
+        NODE_LOST_TIMEOUT,
+        || async {
+            let n = node(first.clone()).await?;
+            match (out_of_service_taint(&n), fence_record(&n)) {
+                (Some(t), Some(r)) => Ok((t, r)),
+                seen => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(record["service"], format!("{}/db", ns.name));
+    assert_eq!(
+        record["taint"],
+        serde_json::to_value(&ours).unwrap(),
+        "the record holds the taint exactly as applied"
+    );
+    let on_second = wait_for(
+        "slot 0 Ready off the fenced node",
+        NODE_LOST_TIMEOUT,
+        || moved_off(first.clone()),
+    )
+    .await;
+    let second = node_of(&on_second);
+
+    // A person fences the second node by hand as soon as it is lost.
+    fault("node-lost", Some(&second));
+    let (ok, _, err) = kubectl(&[
+        "taint",
+        "node",
+        &second,
+        &format!("{OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute"),
+    ]);
+    assert!(ok, "kubectl taint: {err}");
+    let theirs = out_of_service_taint(&node(second.clone()).await.unwrap()).expect("tainted");
+    let on_third = wait_for(
+        "slot 0 Ready off the node a person fenced",
+        NODE_LOST_TIMEOUT,
+        || moved_off(second.clone()),
+    )
+    .await;
+    println!(
+        "fenced {first} (by the operator: {ours:?}) and {second} (by a person: {theirs:?}); slot 0 now {}",
+        describe(&on_third)
+    );
+
+    // The person's node comes back first, then the operator's.
+    fault("node-back", Some(&second));
+    wait_for(&format!("node {second} Ready"), POD_TIMEOUT, || async {
+        let n = node(second.clone()).await?;
+        let ready = node_ready(&n);
+        (ready.as_deref() == Some("True"))
+            .then_some(())
+            .ok_or(format!("Ready={ready:?}"))
+    })
+    .await;
+    let back = Instant::now();
+    fault("node-back", Some(&first));
+    wait_for(
+        &format!("the operator's fence on {first} removed with its record"),
+        NODE_LOST_TIMEOUT,
+        || async {
+            let n = node(first.clone()).await?;
+            let left = (out_of_service_taint(&n), fence_record(&n));
+            (left == (None, None))
+                .then_some(())
+                .ok_or(format!("{left:?}, Ready={:?}", node_ready(&n)))
+        },
+    )
+    .await;
+    let unfenced_in = back.elapsed();
+    let events: Api<KubeEvent> = ns.api();
+    let notes = wait_for("a NodeUnfenced Event", POD_TIMEOUT, || {
+        let events = events.clone();
+        async move {
+            let notes: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("NodeUnfenced"))
+                .filter_map(|e| e.note)
+                .collect();
+            (!notes.is_empty())
+                .then_some(notes)
+                .ok_or("none yet".to_string())
+        }
+    })
+    .await;
+    println!(
+        "node {first} unfenced {:.1} s after it came back; NodeUnfenced: {notes:?}",
+        unfenced_in.as_secs_f64()
+    );
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.contains(&first) && !n.contains(&second)),
+        "{notes:?}"
+    );
+
+    // The person's fence is as they put it, and the operator never wrote to that node.
+    let n = node(second.clone()).await.unwrap();
+    assert_eq!(out_of_service_taint(&n), Some(theirs));
+    assert_eq!(fence_record(&n), None);
+    assert_eq!(
+        operator_node_patches(&second),
+        0,
+        "no operator write to {second}"
+    );
+    assert_eq!(
+        operator_node_patches(&first),
+        2,
+        "one patch fenced {first}, one unfenced it"
+    );
+    let svc = wait_available(&api, "db", 1, POD_TIMEOUT).await;
+    println!("  db: {}", ledger(&svc));
 }

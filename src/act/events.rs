@@ -53,6 +53,11 @@ pub fn event_for(action: &Action) -> Option<Event> {
                 "Fence",
             ))
         }
+        Action::UntaintNode { node } => (
+            "NodeUnfenced",
+            format!("removed the node.kubernetes.io/out-of-service taint this service put on node {node}: the node renews its lease again and is Ready, and no pod of ours is left on it from before the fence"),
+            "Unfence",
+        ),
         Action::MarkRevisionBad { name, reason } => {
             return Some(Event {
                 type_: EventType::Warning,
@@ -67,7 +72,10 @@ pub fn event_for(action: &Action) -> Option<Event> {
             format!("removed the annotation perennial.dev/abort={value}: the rollout it asked to abort is rolled back, or none is going on"),
             "Update",
         ),
-        Action::ApplyService | Action::ApplyDisruptionBudget | Action::DeleteRevision { .. } => {
+        Action::ApplyService
+        | Action::ApplyDisruptionBudget
+        | Action::DeleteRevision { .. }
+        | Action::ForgetFence { .. } => {
             return None
         }
     };

@@ -2,6 +2,7 @@
 //! Events, and the status, written only when it changed.
 
 mod events;
+mod fence;
 mod kill_point;
 
 pub use events::event_for;
@@ -75,6 +76,8 @@ fn phase_of(action: &Action) -> u8 {
     match action {
         Action::CreateRevision { .. }
         | Action::TaintNode { .. }
+        | Action::UntaintNode { .. }
+        | Action::ForgetFence { .. }
         | Action::ApplyService
         | Action::ApplyDisruptionBudget
         | Action::CreateClaim { .. } => 0,
@@ -210,7 +213,9 @@ async fn perform(
             )
             .await
         }
-        Action::TaintNode { node } => taint_out_of_service(client, node).await,
+        Action::TaintNode { node } => fence::taint(client, svc, node).await,
+        Action::UntaintNode { node } => fence::untaint(client, svc, node).await,
+        Action::ForgetFence { node } => fence::forget(client, svc, node).await,
         Action::ClearAbort { value } => clear_abort(client, ns, svc, value).await,
         Action::MarkRevisionBad { name, reason } => {
             let api = Api::<ControllerRevision>::namespaced(client.clone(), ns);
@@ -328,35 +333,6 @@ async fn write_status(
             source,
         }),
     }
-}
-
-/// Adds the out-of-service taint to a lost node, keeping its other taints.
-async fn taint_out_of_service(client: &Client, node: &str) -> Result<(), Error> {
-    use k8s_openapi::api::core::v1::{Node, Taint};
-    let api = Api::<Node>::all(client.clone());
-    let err = |source| Error {
-        what: format!("taint node {node} out-of-service"),
-        source,
-    };
-    let current = api.get(node).await.map_err(err)?;
-    let mut taints = current.spec.and_then(|s| s.taints).unwrap_or_default();
-    if taints
-        .iter()
-        .any(|t| t.key == crate::health::OUT_OF_SERVICE_TAINT)
-    {
-        return Ok(());
-    }
-    taints.push(Taint {
-        key: crate::health::OUT_OF_SERVICE_TAINT.to_string(),
-        value: Some("nodeshutdown".to_string()),
-        effect: "NoExecute".to_string(),
-        time_added: None,
-    });
-    let patch = serde_json::json!({"spec": {"taints": taints}});
-    api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| wrote(|| format!("taint node {node}")))
-        .map_err(err)
 }
 
 /// Removes the abort annotation, only while the service is as the plan saw it (the resource

@@ -38,6 +38,11 @@ pub const ANNOTATION_ABORT: &str = "perennial.dev/abort";
 /// Annotation on a ControllerRevision marking it failed, with the reason.
 pub const ANNOTATION_BAD_REVISION: &str = "perennial.dev/failed";
 
+/// Annotation on a Node the operator fenced (tainted node.kubernetes.io/out-of-service):
+/// which service did, and the exact taint, as JSON. The operator removes only a taint that
+/// is still as recorded; deleting the annotation leaves the fence to a person.
+pub const ANNOTATION_FENCE: &str = "perennial.dev/fence";
+
 /// The field manager the operator uses for every server-side apply.
 pub const FIELD_MANAGER: &str = "perennial";
 

@@ -502,6 +502,14 @@ pub struct Repair {
     #[serde(default)]
     pub fencing: Fencing,
 
+    /// What happens to the out-of-service taint the operator put on a lost node
+    /// (`fencing: TaintOutOfService`) once the node renews its lease again and is Ready, and
+    /// no pod of ours is left on it from before the fence: `RemoveFence` (default: the
+    /// operator removes that taint, and only that one, with an Event) or `KeepFence` (it
+    /// stays until a person removes it, for example after checking the machine).
+    #[serde(default)]
+    pub on_node_recovered: NodeRecoveredPolicy,
+
     /// What happens to storage lost with its node.
     #[serde(default)]
     pub storage: StorageRepair,
@@ -518,6 +526,7 @@ impl Default for Repair {
         Self {
             node_lost_after_seconds: default_node_lost_after(),
             fencing: Fencing::default(),
+            on_node_recovered: NodeRecoveredPolicy::default(),
             storage: StorageRepair::default(),
             max_concurrent_repairs: default_max_concurrent_repairs(),
         }
@@ -542,6 +551,16 @@ pub enum Fencing {
     TaintOutOfService,
     /// Never replace on its own: a person decides.
     None,
+}
+
+/// What to do with the operator's fence on a node that has recovered.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeRecoveredPolicy {
+    /// Remove the out-of-service taint the operator applied.
+    #[default]
+    RemoveFence,
+    /// Leave it for a person to remove.
+    KeepFence,
 }
 
 /// Storage repair policy.

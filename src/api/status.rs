@@ -93,9 +93,14 @@ pub struct ReplicaStatus {
     /// Quarantine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<String>,
-    /// A node the slot's next pod must avoid (after a Reschedule).
+    /// A node the slot's next pod must avoid: where its pod failed (a Reschedule), or the
+    /// node it was lost with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avoid_node: Option<String>,
+    /// Why avoidNode is set: `Reschedule` (kept until a later repair replaces it) or
+    /// `NodeLost` (lifted once the node renews its lease again and is Ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avoid_node_reason: Option<String>,
     /// What the slot's repair waits for, for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,

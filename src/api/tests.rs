@@ -75,6 +75,7 @@ fn a_spec_with_only_a_template_reads_as_the_documented_defaults() {
     let rep = &spec.repair;
     assert_eq!(rep.node_lost_after_seconds, 30);
     assert_eq!(rep.fencing, Fencing::WaitForEvidence);
+    assert_eq!(rep.on_node_recovered, NodeRecoveredPolicy::RemoveFence);
     assert_eq!(rep.storage.on_volume_lost, VolumeLostPolicy::Retain);
     assert_eq!(rep.max_concurrent_repairs, 1);
 

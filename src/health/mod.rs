@@ -4,9 +4,9 @@ mod assess;
 mod node;
 mod pod;
 
-pub use assess::{assess, Assessment, ClaimView, PodView, RevisionView, ServiceState};
+pub use assess::{assess, Assessment, ClaimView, FenceView, PodView, RevisionView, ServiceState};
 pub use node::{
-    judge_node, node_fingerprint, Heartbeat, NodeHealth, OUT_OF_SERVICE_TAINT,
+    judge_node, node_back, node_fingerprint, Heartbeat, NodeHealth, OUT_OF_SERVICE_TAINT,
     SUSPECT_AFTER_SECONDS,
 };
 pub use pod::{judge_pod, PodState, UNSCHEDULABLE_GRACE};

@@ -156,6 +156,51 @@ pub fn seconds_until_lost(
         .min()
 }
 
+/// Whether a node is back: its kubelet renews the Lease and the node is Ready. The renewal
+/// is read from the Lease's own renewTime, not from when the operator's watch saw it: a
+/// watch that has just started (or restarted) has seen every Lease "just now", and only a
+/// renewal proves a kubelet alive. With `since`, the renewal must also be later than that
+/// (a fence: only a renewal after it shows the node came back). Err says what is missing,
+/// for a person.
+pub fn node_back(
+    name: &str,
+    node: Option<&Node>,
+    lease: Option<&Lease>,
+    since: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<(), String> {
+    let Some(node) = node else {
+        return Err(format!("node {name} to exist"));
+    };
+    let renewed = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0)
+        .ok_or_else(|| format!("node {name} to renew its lease"))?;
+    if let Some(since) = since.filter(|s| renewed <= *s) {
+        return Err(format!("node {name} to renew its lease after {since}"));
+    }
+    let silence = now.as_second() - renewed.as_second();
+    if silence >= SUSPECT_AFTER_SECONDS {
+        return Err(format!(
+            "node {name} to renew its lease (last renewed {silence} s ago)"
+        ));
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    match ready {
+        Some("True") => Ok(()),
+        other => Err(format!(
+            "node {name} to be Ready (Ready={})",
+            other.unwrap_or("not reported")
+        )),
+    }
+}
+
 /// What of a Node the operator's judgement depends on: labels (failure domains), taints,
 /// whether it is cordoned, its Ready condition and whether it is being deleted. Two states
 /// with the same fingerprint are the same to the operator: a kubelet's status heartbeat,
@@ -452,5 +497,43 @@ mod tests {
         let mut cordoned = base.clone();
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_ne!(node_fingerprint(&cordoned), node_fingerprint(&base));
+    }
+
+    #[test]
+    fn a_node_is_back_once_it_renews_its_lease_and_is_ready() {
+        let ready = node("True", NOW - 5, false);
+        let fresh = lease(NOW - 3);
+        assert_eq!(
+            node_back("n1", Some(&ready), Some(&fresh), None, at(NOW)),
+            Ok(())
+        );
+        let silent = lease(NOW - 12);
+        assert_eq!(
+            node_back("n1", Some(&ready), Some(&silent), None, at(NOW)),
+            Err("node n1 to renew its lease (last renewed 12 s ago)".into()),
+            "a missed renewal is no heartbeat"
+        );
+        let unknown = node("Unknown", NOW - 5, false);
+        assert_eq!(
+            node_back("n1", Some(&unknown), Some(&fresh), None, at(NOW)),
+            Err("node n1 to be Ready (Ready=Unknown)".into())
+        );
+        assert!(node_back("n1", None, Some(&fresh), None, at(NOW)).is_err());
+        assert!(node_back("n1", Some(&ready), None, None, at(NOW)).is_err());
+        // A fence set 2 s ago: the renewal 3 s ago came before it, and proves nothing.
+        assert_eq!(
+            node_back("n1", Some(&ready), Some(&fresh), Some(at(NOW - 2)), at(NOW)),
+            Err(format!("node n1 to renew its lease after {}", at(NOW - 2)))
+        );
+        assert_eq!(
+            node_back("n1", Some(&ready), Some(&fresh), Some(at(NOW - 4)), at(NOW)),
+            Ok(())
+        );
+        // The out-of-service taint does not make a node that heartbeats and is Ready less so.
+        let tainted = node("True", NOW - 5, true);
+        assert_eq!(
+            node_back("n1", Some(&tainted), Some(&fresh), None, at(NOW)),
+            Ok(())
+        );
     }
 }

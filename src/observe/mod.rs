@@ -71,6 +71,9 @@ pub struct Observed {
     pub volumes: BTreeMap<String, Arc<PersistentVolume>>,
     /// Per node, the moment from which its silence counts (see Heartbeats::heard).
     pub heard: BTreeMap<String, jiff::Timestamp>,
+    /// For each node whose fence record names this service, the pods of ours (of every
+    /// service the pod cache holds) bound to it: what its fence may still be needed for.
+    pub pods_on_fenced_nodes: BTreeMap<String, Vec<Arc<Pod>>>,
 }
 
 /// Collects what exists for `svc` from the caches.
@@ -110,6 +113,13 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         .map(|l| (l.name_any(), l))
         .collect();
     let now = jiff::Timestamp::now();
+    let nodes: BTreeMap<String, Arc<Node>> = caches
+        .nodes
+        .state()
+        .into_iter()
+        .map(|n| (n.name_any(), n))
+        .collect();
+    let pods_on_fenced_nodes = pods_on_fenced_nodes(svc, &nodes, caches);
     let volumes = claims
         .iter()
         .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
@@ -137,12 +147,8 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             .budgets
             .get(&budget_ref)
             .filter(|b| controlled(b.meta())),
-        nodes: caches
-            .nodes
-            .state()
-            .into_iter()
-            .map(|n| (n.name_any(), n))
-            .collect(),
+        nodes,
+        pods_on_fenced_nodes,
         heard: leases
             .keys()
             .filter_map(|n| Some((n.clone(), caches.heartbeats.heard(n, now)?)))
@@ -150,6 +156,31 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         leases,
         volumes,
     }
+}
+
+/// For each node `svc` fenced (its record names the service), the pods of ours bound to it.
+/// The pod cache is read only when there is such a node.
+fn pods_on_fenced_nodes(
+    svc: &ResilientService,
+    nodes: &BTreeMap<String, Arc<Node>>,
+    caches: &Caches,
+) -> BTreeMap<String, Vec<Arc<Pod>>> {
+    let key = build::service_key(svc);
+    let mut out: BTreeMap<String, Vec<Arc<Pod>>> = nodes
+        .iter()
+        .filter(|(_, n)| build::FenceRecord::of(n).is_some_and(|r| r.service == key))
+        .map(|(name, _)| (name.clone(), Vec::new()))
+        .collect();
+    if out.is_empty() {
+        return out;
+    }
+    for pod in caches.pods.state() {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
+        if let Some(on) = node.and_then(|n| out.get_mut(n)) {
+            on.push(pod);
+        }
+    }
+    out
 }
 
 /// Keeps of a pod what the operator reads: its metadata but annotations, the node it is

@@ -51,8 +51,15 @@ pub enum Action {
     MarkRevisionBad { name: String, reason: String },
     /// Delete a pod at once (grace period 0): its node is gone and will never confirm.
     ForceDeletePod { name: String, reason: String },
-    /// Taint a lost node out-of-service (repair.fencing: TaintOutOfService).
+    /// Taint a lost node out-of-service (repair.fencing: TaintOutOfService), and record
+    /// that this service did.
     TaintNode { node: String },
+    /// Remove the out-of-service taint this service put on a node that is back, and its
+    /// record (repair.onNodeRecovered: RemoveFence).
+    UntaintNode { node: String },
+    /// Remove this service's fence record from a node whose taint is no longer as recorded:
+    /// a person removed or replaced it, and what is there now is theirs.
+    ForgetFence { node: String },
     /// Delete a claim so that slot `ordinal` gets a new, empty one (repair.storage.onVolumeLost,
     /// or the RebuildStorage rung of the escalation ladder).
     RebuildClaim {

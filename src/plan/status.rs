@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{merge_conditions, Decided};
-use super::repair::{window, RepairPlan};
+use super::repair::{slot_failure, window, RepairPlan};
 use super::resolve;
 use super::rollout::Decision;
 use crate::api::{condition, Failure, ReplicaStatus, ResilientService, ResilientServiceStatus};
@@ -273,17 +273,17 @@ fn ledger(
             if note.repaired {
                 recent.push(Time(seen.now));
             }
-            let last_failure = match pod.and_then(|p| p.state.failure(seen.now)) {
+            let last_failure = match pod.and_then(|p| slot_failure(svc, p, seen.now)) {
                 Some((reason, message)) => {
                     let prior = before.and_then(|b| b.last_failure.as_ref());
                     Some(match prior {
                         Some(f) if f.reason == reason && f.recovered_at.is_none() => Failure {
-                            message: message.to_string(),
+                            message,
                             ..f.clone()
                         },
                         _ => Failure {
-                            reason: reason.to_string(),
-                            message: message.to_string(),
+                            reason,
+                            message,
                             at: Time(seen.now),
                             recovered_at: None,
                         },
@@ -338,7 +338,8 @@ fn ledger(
                     .escalation
                     .map(|e| format!("{e:?}"))
                     .or_else(|| before.and_then(|b| b.escalation.clone()).filter(|_| !ready)),
-                avoid_node: note.avoid_node.clone(),
+                avoid_node: note.avoid.as_ref().map(|a| a.node.clone()),
+                avoid_node_reason: note.avoid.as_ref().map(|a| a.reason.word().to_string()),
                 waiting_for: note.waiting_for.clone(),
                 last_failure,
             }

@@ -80,6 +80,8 @@ fn converged(svc: &ResilientService) -> Assessment {
         nodes_total: 3,
         nodes_lost: 0,
         node_recheck_seconds: None,
+        nodes_back: Default::default(),
+        fences: vec![],
     }
 }
 
@@ -167,7 +169,10 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                     c.deleting = true;
                 }
             }
-            Action::TaintNode { .. } | Action::ClearAbort { .. } => {}
+            Action::TaintNode { .. }
+            | Action::UntaintNode { .. }
+            | Action::ForgetFence { .. }
+            | Action::ClearAbort { .. } => {}
             Action::MarkRevisionBad { name, .. } => {
                 for r in next.revisions.iter_mut().filter(|r| &r.name == name) {
                     r.bad = true;

@@ -143,6 +143,8 @@ mod tests {
             nodes_total: 1,
             nodes_lost: 0,
             node_recheck_seconds: None,
+            nodes_back: Default::default(),
+            fences: vec![],
         }
     }
 
