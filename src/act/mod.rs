@@ -4,7 +4,7 @@
 mod events;
 mod kill_point;
 
-pub use events::event_for;
+pub use events::{event_for, event_for_error};
 pub use kill_point::arm as arm_kill_point;
 use kill_point::wrote;
 
@@ -18,7 +18,9 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, FIELD_MANAGER};
+use crate::api::{
+    ResilientService, ANNOTATION_BAD_REVISION, ANNOTATION_INVALID_TEMPLATE, FIELD_MANAGER,
+};
 use crate::build;
 use crate::plan::{Action, Plan};
 
@@ -29,13 +31,20 @@ pub type Templates =
 /// Requests in flight at once for one service: parallel, but a bounded burst.
 const CONCURRENCY: usize = 16;
 
-/// A failed API call, naming what the operator was doing.
+/// Why carrying out a plan stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct Error {
-    pub what: String,
-    #[source]
-    pub source: kube::Error,
+pub enum Error {
+    /// A failed API call, naming what the operator was doing.
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server refused a pod as invalid: its revision is marked, so that no pod of
+    /// it is asked for again, and the next pass reports the service Degraded.
+    #[error("the API server refuses the pods of revision {revision}: {message}")]
+    InvalidTemplate { revision: String, message: String },
 }
 
 /// Executes `plan` for `svc`: every action, then the status if it changed.
@@ -53,14 +62,18 @@ pub async fn execute(
         let actions = plan.actions.iter().filter(|a| phase_of(a) == phase).map(Ok);
         stream::iter(actions)
             .try_for_each_concurrent(CONCURRENCY, |action| async move {
-                perform(client, ns, svc, templates, plan, action).await?;
-                if let Some(event) = event_for(action) {
+                let done = perform(client, ns, svc, templates, plan, action).await;
+                let event = match &done {
+                    Ok(()) => event_for(action),
+                    Err(e) => event_for_error(action, e),
+                };
+                if let Some(event) = event {
                     // An Event that cannot be written must not fail the reconcile.
                     if let Err(e) = recorder.publish(&event, &svc.object_ref(&())).await {
                         tracing::debug!(error = %e, "could not publish an event");
                     }
                 }
-                Ok(())
+                done
             })
             .await?;
     }
@@ -160,7 +173,21 @@ async fn perform(
             if let Some(node) = avoid {
                 build::avoid_node(&mut pod, node);
             }
-            create(Api::<Pod>::namespaced(client.clone(), ns), &pod).await
+            match create(Api::<Pod>::namespaced(client.clone(), ns), &pod).await {
+                // Invalid (422), or not a pod at all (400: a value that does not decode,
+                // such as a quantity): sent again, it is refused again.
+                Err(Error::Api {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if s.code == 422 || s.code == 400 => {
+                    mark_invalid(client, ns, revision, &s.message).await?;
+                    Err(Error::InvalidTemplate {
+                        revision: revision.clone(),
+                        message: s.message,
+                    })
+                }
+                done => done,
+            }
         }
         Action::DeletePod { name, .. } => {
             delete(Api::<Pod>::namespaced(client.clone(), ns), name).await
@@ -196,7 +223,7 @@ async fn perform(
                     Ok(())
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(source) => Err(Error {
+                Err(source) => Err(Error::Api {
                     what: format!("force-delete pod {name}"),
                     source,
                 }),
@@ -218,12 +245,33 @@ async fn perform(
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map(|_| wrote(|| format!("mark revision {name} failed")))
-                .map_err(|source| Error {
+                .map_err(|source| Error::Api {
                     what: format!("mark revision {name} failed"),
                     source,
                 })
         }
     }
+}
+
+/// Records on the revision that the API server refuses its pods, with the server's message:
+/// the planner asks for no pod of it again, and the service reports why.
+async fn mark_invalid(
+    client: &Client,
+    ns: &str,
+    revision: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let api = Api::<ControllerRevision>::namespaced(client.clone(), ns);
+    let message: String = message.chars().take(1024).collect();
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {ANNOTATION_INVALID_TEMPLATE: message}}});
+    api.patch(revision, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| wrote(|| format!("mark revision {revision} invalid")))
+        .map_err(|source| Error::Api {
+            what: format!("mark revision {revision} invalid"),
+            source,
+        })
 }
 
 /// Creates an object; one that already exists (a create repeated on a stale cache) is fine.
@@ -246,7 +294,7 @@ where
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("create {}", object.name_any()),
             source,
         }),
@@ -265,7 +313,7 @@ where
     api.patch(&object.name_any(), &params, &Patch::Apply(&body))
         .await
         .map(|_| wrote(|| format!("apply {} {}", K::kind(&()), object.name_any())))
-        .map_err(|source| Error {
+        .map_err(|source| Error::Api {
             what: format!("apply {} {}", K::kind(&()), object.name_any()),
             source,
         })
@@ -282,7 +330,7 @@ where
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("delete {name}"),
             source,
         }),
@@ -321,7 +369,7 @@ async fn write_status(
             tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
             Ok(())
         }
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("write the status of {}", svc.name_any()),
             source,
         }),
@@ -332,7 +380,7 @@ async fn write_status(
 async fn taint_out_of_service(client: &Client, node: &str) -> Result<(), Error> {
     use k8s_openapi::api::core::v1::{Node, Taint};
     let api = Api::<Node>::all(client.clone());
-    let err = |source| Error {
+    let err = |source| Error::Api {
         what: format!("taint node {node} out-of-service"),
         source,
     };

@@ -9,7 +9,10 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 
 use super::node::seconds_until_lost;
 use super::{judge_node, judge_pod, Heartbeat, NodeHealth, PodState};
-use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, LABEL_REVISION, LABEL_SLOT};
+use crate::api::{
+    ResilientService, ANNOTATION_BAD_REVISION, ANNOTATION_INVALID_TEMPLATE, LABEL_REVISION,
+    LABEL_SLOT,
+};
 use crate::build;
 use crate::observe::Observed;
 
@@ -68,6 +71,8 @@ pub struct Assessment {
     pub strays: Vec<String>,
     pub claims: Vec<ClaimView>,
     pub revisions: Vec<RevisionView>,
+    /// Revisions whose pods the API server refused as invalid, with its message.
+    pub refused: BTreeMap<String, String>,
     pub service: ServiceState,
     /// None when missing; else whether it matches what we would build.
     pub budget_up_to_date: Option<bool>,
@@ -168,6 +173,15 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         })
         .collect();
 
+    let refused = observed
+        .revisions
+        .iter()
+        .filter_map(|r| {
+            let message = r.annotations().get(ANNOTATION_INVALID_TEMPLATE)?;
+            Some((r.name_any(), message.clone()))
+        })
+        .collect();
+
     let service = match &observed.service {
         None => ServiceState::Missing,
         Some(s)
@@ -228,6 +242,7 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         strays,
         claims,
         revisions,
+        refused,
         service,
         budget_up_to_date,
         node_domains,

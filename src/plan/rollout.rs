@@ -122,6 +122,7 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
         .then(|| {
             stopped_before
                 .clone()
+                .or_else(|| super::refused::rollout_failure(seen, update))
                 .or_else(|| new_revision_failure(svc, &new_pods, now, prev_rollout.as_ref()))
         })
         .flatten();
