@@ -6,6 +6,7 @@
 pub mod reference;
 mod spec;
 mod status;
+pub mod template;
 #[cfg(test)]
 mod tests;
 

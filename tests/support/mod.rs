@@ -14,6 +14,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, CustomResourceExt};
 use tokio::sync::OnceCell;
 
+/// What the API server says about raw ResilientServices: creates, rejections, case tables;
+/// imported by name by the admission tests.
+pub mod admission;
 mod leadership;
 /// Scenario helpers (services, snapshots, pod watches) of the crash-safety and hostile-input
 /// tests; imported by name, since the soak keeps helpers of the same names for itself.
