@@ -8,163 +8,19 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::ApiResource;
+use kube::api::Api;
 use perennial::api::{ResilientService, ResilientServiceSpec};
 use serde_json::{json, Value};
+use support::admission::*;
 use support::*;
 
 const SERVED: Duration = Duration::from_secs(30);
-
-/// A client for raw JSON objects of the CRD, so that specs the Rust types could never
-/// express (unknown enum values, strings where numbers belong) can be sent.
-fn raw_api(ns: &TestNamespace) -> Api<DynamicObject> {
-    let resource = ApiResource::erase::<ResilientService>(&());
-    Api::namespaced_with(ns.client.clone(), &ns.name, &resource)
-}
-
-/// Installs the CRD and waits until the namespace's endpoint for it answers.
-async fn ready(ns: &TestNamespace) -> Api<DynamicObject> {
-    install_crd(&ns.client).await;
-    let api = raw_api(ns);
-    wait_for("ResilientServices to be served", SERVED, || {
-        let api = api.clone();
-        async move {
-            api.list(&ListParams::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    api
-}
-
-/// The smallest valid spec: a pod template and nothing else.
-fn minimal_spec() -> Value {
-    json!({
-        "template": {
-            "metadata": {"labels": {"app.kubernetes.io/name": "probe"}},
-            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
-        }
-    })
-}
-
-/// A claim template named `name`: 1Gi of `local` storage, ReadWriteOnce.
-fn claim(name: &str) -> Value {
-    json!({
-        "metadata": {"name": name},
-        "spec": {
-            "storageClassName": "local",
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": "1Gi"}}
-        }
-    })
-}
-
-/// `base` with `patch` applied as a JSON merge patch (RFC 7386): objects merge, `null`
-/// removes a field, anything else replaces.
-fn merged(base: &Value, patch: &Value) -> Value {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            let mut out = b.clone();
-            for (key, value) in p {
-                if value.is_null() {
-                    out.remove(key);
-                } else {
-                    let next = merged(out.get(key).unwrap_or(&Value::Null), value);
-                    out.insert(key.clone(), next);
-                }
-            }
-            Value::Object(out)
-        }
-        (_, p) => p.clone(),
-    }
-}
-
-fn object(name: &str, spec: Value) -> DynamicObject {
-    serde_json::from_value(json!({
-        "apiVersion": "perennial.dev/v1alpha1",
-        "kind": "ResilientService",
-        "metadata": {"name": name},
-        "spec": spec
-    }))
-    .expect("a well-formed object")
-}
-
-/// Creates the object; `Err` carries the server's message when it refuses it as invalid.
-async fn create(
-    api: &Api<DynamicObject>,
-    name: &str,
-    spec: Value,
-) -> Result<DynamicObject, String> {
-    match api
-        .create(&PostParams::default(), &object(name, spec))
-        .await
-    {
-        Ok(created) => Ok(created),
-        Err(kube::Error::Api(s)) if s.code == 422 => Err(s.message),
-        Err(other) => panic!("creating {name} failed for another reason than validation: {other}"),
-    }
-}
-
-/// Merge-patches the object's spec; `Err` carries the server's message when it is invalid.
-async fn patch_spec(api: &Api<DynamicObject>, name: &str, spec_patch: Value) -> Result<(), String> {
-    let patch = json!({"spec": spec_patch});
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 422 => Err(s.message),
-        Err(other) => panic!("patching {name} failed for another reason than validation: {other}"),
-    }
-}
-
-/// The part of a rejection after `... "name" is invalid: `, which is what the user needs.
-fn reason(message: &str) -> &str {
-    message
-        .split_once(" is invalid: ")
-        .map_or(message, |(_, rest)| rest)
-}
 
 fn run_kubectl(args: &[&str]) -> String {
     let (ok, stdout, stderr) = kubectl(args);
     assert!(ok, "kubectl {args:?} failed: {stderr}");
     stdout
 }
-
-struct Case {
-    name: &'static str,
-    patch: Value,
-    expect: &'static str,
-    /// Text that must not appear: complaints about fields the case did not break.
-    absent: Vec<&'static str>,
-}
-
-fn case(name: &'static str, patch: Value, expect: &'static str) -> Case {
-    Case {
-        name,
-        patch,
-        expect,
-        absent: Vec::new(),
-    }
-}
-
-impl Case {
-    fn without(mut self, text: &'static str) -> Self {
-        self.absent.push(text);
-        self
-    }
-}
-
-/// Never part of a good rejection: a CEL rule that failed to evaluate, or the path-less
-/// echo of a failed `allOf`.
-const NOISE: [&str; 3] = [
-    "no such key",
-    "no such overload",
-    "must validate all the schemas",
-];
 
 fn invalid_cases() -> Vec<Case> {
     let reserved = |key: &str| json!({"template": {"metadata": {"labels": {"app.kubernetes.io/name": "probe", key: "x"}}}});
@@ -350,35 +206,7 @@ async fn api_server_rejects_each_invalid_spec_with_a_message_naming_the_field() 
 
     let cases = invalid_cases();
     assert!(cases.len() >= 32, "only {} cases", cases.len());
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for (i, c) in cases.iter().enumerate() {
-        let spec = merged(&base, &c.patch);
-        match create(&api, &format!("invalid-{i}"), spec).await {
-            Ok(_) => failures.push(format!("{}: accepted, expected \"{}\"", c.name, c.expect)),
-            Err(message) => {
-                let shown = reason(&message).to_string();
-                if !message.contains(c.expect) {
-                    failures.push(format!(
-                        "{}: expected \"{}\", got \"{shown}\"",
-                        c.name, c.expect
-                    ));
-                }
-                for text in c.absent.iter().chain(NOISE.iter()) {
-                    if message.contains(text) {
-                        failures.push(format!("{}: \"{text}\" in \"{shown}\"", c.name));
-                    }
-                }
-                rows.push((c.name, shown));
-            }
-        }
-    }
-
-    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    println!("{:width$}  MESSAGE", "CASE");
-    for (name, message) in &rows {
-        println!("{name:width$}  {message}");
-    }
+    let failures = check_rejections(&api, "invalid", &base, &cases).await;
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",

@@ -88,6 +88,23 @@ pub fn event_for(action: &Action) -> Option<Event> {
     })
 }
 
+/// The Event for an action the API server refused in a way a person must fix; None for
+/// errors the next pass retries.
+pub fn event_for_error(action: &Action, error: &super::Error) -> Option<Event> {
+    match (action, error) {
+        (Action::CreatePod { name, .. }, super::Error::InvalidTemplate { revision, message }) => {
+            // An Event's note holds 1 kB; the whole message is on the revision and in status.
+            let message: String = message.chars().take(640).collect();
+            Some(warning(
+                "InvalidTemplate",
+                format!("the API server refuses pod {name} of revision {revision}, and no pod of it is created until spec.template changes: {message}"),
+                "Create",
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn warning(reason: &str, note: String, action: &str) -> Event {
     Event {
         type_: EventType::Warning,

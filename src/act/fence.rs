@@ -12,7 +12,7 @@ use crate::api::ResilientService;
 use crate::build::{self, FenceRecord};
 
 fn error(what: String) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error { what, source }
+    move |source| Error::Api { what, source }
 }
 
 async fn patch(api: &Api<Node>, node: &str, patch: serde_json::Value) -> Result<(), kube::Error> {
@@ -59,7 +59,7 @@ pub(super) async fn untaint(
     let current = api.get(node).await.map_err(error(what.clone()))?;
     let unfence = build::unfence_patch(&current, &build::service_key(svc))
         .filter(|u| u.removes_taint)
-        .ok_or_else(|| Error {
+        .ok_or_else(|| Error::Api {
             what: what.clone(),
             // A conflict, as the API server reports a write based on a stale read.
             source: kube::Error::Api(Box::new(

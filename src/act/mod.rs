@@ -5,7 +5,7 @@ mod events;
 mod fence;
 mod kill_point;
 
-pub use events::event_for;
+pub use events::{event_for, event_for_error};
 pub use kill_point::arm as arm_kill_point;
 use kill_point::wrote;
 
@@ -19,7 +19,10 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{ResilientService, ANNOTATION_ABORT, ANNOTATION_BAD_REVISION, FIELD_MANAGER};
+use crate::api::{
+    ResilientService, ANNOTATION_ABORT, ANNOTATION_BAD_REVISION, ANNOTATION_INVALID_TEMPLATE,
+    FIELD_MANAGER,
+};
 use crate::build;
 use crate::plan::{Action, Plan};
 
@@ -30,13 +33,20 @@ pub type Templates =
 /// Requests in flight at once for one service: parallel, but a bounded burst.
 const CONCURRENCY: usize = 16;
 
-/// A failed API call, naming what the operator was doing.
+/// Why carrying out a plan stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct Error {
-    pub what: String,
-    #[source]
-    pub source: kube::Error,
+pub enum Error {
+    /// A failed API call, naming what the operator was doing.
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server refused a pod as invalid: its revision is marked, so that no pod of
+    /// it is asked for again, and the next pass reports the service Degraded.
+    #[error("the API server refuses the pods of revision {revision}: {message}")]
+    InvalidTemplate { revision: String, message: String },
 }
 
 /// Executes `plan` for `svc`: every action, then the status if it changed.
@@ -54,14 +64,18 @@ pub async fn execute(
         let actions = plan.actions.iter().filter(|a| phase_of(a) == phase).map(Ok);
         stream::iter(actions)
             .try_for_each_concurrent(CONCURRENCY, |action| async move {
-                perform(client, ns, svc, templates, plan, action).await?;
-                if let Some(event) = event_for(action) {
+                let done = perform(client, ns, svc, templates, plan, action).await;
+                let event = match &done {
+                    Ok(()) => event_for(action),
+                    Err(e) => event_for_error(action, e),
+                };
+                if let Some(event) = event {
                     // An Event that cannot be written must not fail the reconcile.
                     if let Err(e) = recorder.publish(&event, &svc.object_ref(&())).await {
                         tracing::debug!(error = %e, "could not publish an event");
                     }
                 }
-                Ok(())
+                done
             })
             .await?;
     }
@@ -164,7 +178,21 @@ async fn perform(
             if let Some(node) = avoid {
                 build::avoid_node(&mut pod, node);
             }
-            create(Api::<Pod>::namespaced(client.clone(), ns), &pod).await
+            match create(Api::<Pod>::namespaced(client.clone(), ns), &pod).await {
+                // Invalid (422), or not a pod at all (400: a value that does not decode,
+                // such as a quantity): sent again, it is refused again.
+                Err(Error::Api {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if s.code == 422 || s.code == 400 => {
+                    mark_invalid(client, ns, revision, &s.message).await?;
+                    Err(Error::InvalidTemplate {
+                        revision: revision.clone(),
+                        message: s.message,
+                    })
+                }
+                done => done,
+            }
         }
         Action::DeletePod { name, .. } => {
             delete(Api::<Pod>::namespaced(client.clone(), ns), name).await
@@ -200,7 +228,7 @@ async fn perform(
                     Ok(())
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(source) => Err(Error {
+                Err(source) => Err(Error::Api {
                     what: format!("force-delete pod {name}"),
                     source,
                 }),
@@ -225,12 +253,33 @@ async fn perform(
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map(|_| wrote(|| format!("mark revision {name} failed")))
-                .map_err(|source| Error {
+                .map_err(|source| Error::Api {
                     what: format!("mark revision {name} failed"),
                     source,
                 })
         }
     }
+}
+
+/// Records on the revision that the API server refuses its pods, with the server's message:
+/// the planner asks for no pod of it again, and the service reports why.
+async fn mark_invalid(
+    client: &Client,
+    ns: &str,
+    revision: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let api = Api::<ControllerRevision>::namespaced(client.clone(), ns);
+    let message: String = message.chars().take(1024).collect();
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {ANNOTATION_INVALID_TEMPLATE: message}}});
+    api.patch(revision, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| wrote(|| format!("mark revision {revision} invalid")))
+        .map_err(|source| Error::Api {
+            what: format!("mark revision {revision} invalid"),
+            source,
+        })
 }
 
 /// Creates an object; one that already exists (a create repeated on a stale cache) is fine.
@@ -253,7 +302,7 @@ where
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("create {}", object.name_any()),
             source,
         }),
@@ -272,7 +321,7 @@ where
     api.patch(&object.name_any(), &params, &Patch::Apply(&body))
         .await
         .map(|_| wrote(|| format!("apply {} {}", K::kind(&()), object.name_any())))
-        .map_err(|source| Error {
+        .map_err(|source| Error::Api {
             what: format!("apply {} {}", K::kind(&()), object.name_any()),
             source,
         })
@@ -289,7 +338,7 @@ where
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("delete {name}"),
             source,
         }),
@@ -328,7 +377,7 @@ async fn write_status(
             tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
             Ok(())
         }
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("write the status of {}", svc.name_any()),
             source,
         }),
@@ -360,7 +409,7 @@ async fn clear_abort(
         }
         // Changed or gone meanwhile: the next pass judges what is there now.
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
-        Err(source) => Err(Error {
+        Err(source) => Err(Error::Api {
             what: format!("clear {ANNOTATION_ABORT} on {name}"),
             source,
         }),

@@ -7,6 +7,7 @@ pub mod reference;
 mod spec;
 mod stamp;
 mod status;
+pub mod template;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,10 @@ pub const ANNOTATION_PROMOTE: &str = "perennial.dev/promote";
 pub const ANNOTATION_ABORT: &str = "perennial.dev/abort";
 /// Annotation on a ControllerRevision marking it failed, with the reason.
 pub const ANNOTATION_BAD_REVISION: &str = "perennial.dev/failed";
+/// Annotation on a ControllerRevision whose pods the API server refused as invalid, with
+/// the server's message. No pod of that revision is created again: the service is Degraded
+/// (InvalidTemplate) until spec.template changes. Removing the annotation tries again.
+pub const ANNOTATION_INVALID_TEMPLATE: &str = "perennial.dev/invalid-template";
 
 /// Annotation on a Node the operator fenced (tainted node.kubernetes.io/out-of-service):
 /// which service did, and the exact taint, as JSON. The operator removes only a taint that

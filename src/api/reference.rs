@@ -184,6 +184,11 @@ fn version_page(out: &mut String, group: &str, spec: &Value, names: &Value, vers
                 i == 0 && required.iter().any(|r| r == part),
             );
         }
+        if part == "spec" {
+            out.push_str(&super::template::reference::section(
+                schema, validation, rule_text,
+            ));
+        }
     }
 }
 
@@ -616,6 +621,18 @@ mod tests {
         markdown(&ResilientService::crd())
     }
 
+    /// The page without its section on `spec.template` at admission: the field tables.
+    fn field_tables() -> String {
+        let page = page();
+        let start = page
+            .find("## `spec.template` at admission")
+            .expect("the admission section");
+        let end = page[start..]
+            .find("\n## `status`")
+            .map_or(page.len(), |e| start + e);
+        format!("{}{}", &page[..start], &page[end..])
+    }
+
     /// The table row of `path`, split into its six cells.
     fn row_of(page: &str, path: &str) -> Vec<String> {
         let start = format!("| `{path}` |");
@@ -744,7 +761,7 @@ mod tests {
 
     #[test]
     fn embedded_kubernetes_types_are_linked_not_expanded() {
-        let page = page();
+        let page = field_tables();
         assert!(row_of(&page, "spec.template")[1].contains("[`PodTemplateSpec`]("));
         assert!(row_of(&page, "spec.volumeClaimTemplates[*].spec")[1]
             .contains("[`PersistentVolumeClaimSpec`]("));
@@ -781,8 +798,8 @@ mod tests {
     }
 
     #[test]
-    fn every_table_row_has_six_cells() {
-        let page = page();
+    fn every_field_table_row_has_six_cells() {
+        let page = field_tables();
         let rows: Vec<&str> = page
             .lines()
             .filter(|l| l.starts_with("| `spec") || l.starts_with("| `status"))

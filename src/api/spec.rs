@@ -95,6 +95,8 @@ fn count_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 )]
 #[x_kube(validation = Rule::new("self.replicas < 0 || self.update.partition <= self.replicas").message("spec.update.partition must be between 0 and spec.replicas").field_path(".update.partition"))]
 #[x_kube(validation = Rule::new("has(self.serviceName) == has(oldSelf.serviceName) && (!has(self.serviceName) || self.serviceName == oldSelf.serviceName)").message("spec.serviceName is immutable: pods' DNS names depend on it; create a new ResilientService to change it").field_path(".serviceName"))]
+#[x_kube(validation = super::template::volume_mounts_rule("containers"))]
+#[x_kube(validation = super::template::volume_mounts_rule("initContainers"))]
 #[x_kube(validation = Rule::new("self.volumeClaimTemplates == oldSelf.volumeClaimTemplates").message("spec.volumeClaimTemplates is immutable: existing claims hold data; create a new ResilientService to change storage").field_path(".volumeClaimTemplates"))]
 #[serde(rename_all = "camelCase")]
 pub struct ResilientServiceSpec {
@@ -107,6 +109,7 @@ pub struct ResilientServiceSpec {
     /// The pod every replica runs. The label keys `perennial.dev/service`,
     /// `perennial.dev/slot` and `perennial.dev/revision` are reserved for the operator and
     /// may not be set here. Changing the template starts a rollout to a new revision.
+    #[schemars(schema_with = "super::template::pod_template_schema")]
     #[x_kube(validation = Rule::new("!has(self.metadata) || !has(self.metadata.labels) || !('perennial.dev/service' in self.metadata.labels || 'perennial.dev/slot' in self.metadata.labels || 'perennial.dev/revision' in self.metadata.labels)").message(Message::Expression("'spec.template.metadata.labels: the key ' + ['perennial.dev/service', 'perennial.dev/slot', 'perennial.dev/revision'].filter(k, k in self.metadata.labels)[0] + ' is reserved for the operator; perennial.dev/service, perennial.dev/slot and perennial.dev/revision may not be set in the template'".into())).field_path(".metadata.labels"))]
     pub template: PodTemplateSpec,
 

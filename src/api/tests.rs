@@ -187,36 +187,43 @@ fn a_full_spec_round_trips_unchanged() {
 
 /// Every CEL rule in the generated CRD comes with a message (or message expression) that
 /// names the field it is about (a spec field, or the object's name), so a rejection never
-/// reads "failed rule: ...".
+/// reads "failed rule: ...". The server puts the path of a rule's field, indices and all,
+/// before its message: a rule with a `fieldPath`, or one on a field of the pod template
+/// (where the pod validation's own wording is kept), names its field that way.
 #[test]
 fn every_cel_rule_in_the_crd_has_a_message_naming_its_field() {
-    fn walk(value: &Value, rules: &mut Vec<Value>) {
+    fn walk(value: &Value, in_template: bool, rules: &mut Vec<(Value, bool)>) {
         match value {
             Value::Object(map) => {
                 if let Some(Value::Array(found)) = map.get("x-kubernetes-validations") {
-                    rules.extend(found.iter().cloned());
+                    rules.extend(found.iter().cloned().map(|r| (r, in_template)));
                 }
-                map.values().for_each(|v| walk(v, rules));
+                for (key, v) in map {
+                    let below = in_template || (key == "template" && v.get("properties").is_some());
+                    walk(v, below, rules);
+                }
             }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, rules)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, in_template, rules)),
             _ => {}
         }
     }
     use kube::CustomResourceExt;
     let crd = serde_json::to_value(ResilientService::crd()).unwrap();
     let mut rules = Vec::new();
-    walk(&crd, &mut rules);
+    walk(&crd, false, &mut rules);
     assert!(rules.len() >= 10, "only {} rules", rules.len());
-    for rule in rules {
+    for (rule, in_template) in rules {
         let text = rule
             .get("message")
             .or_else(|| rule.get("messageExpression"))
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("rule without a message: {rule}"));
         let text = text.trim_start_matches('\'');
+        let located = in_template || rule.get("fieldPath").is_some();
         assert!(
-            text.starts_with("spec.") || text.starts_with("metadata.name"),
+            text.starts_with("spec.") || text.starts_with("metadata.name") || located,
             "the message does not name the field: {rule}"
         );
+        assert!(text.len() > 10, "a message says what is wrong: {rule}");
     }
 }

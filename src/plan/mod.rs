@@ -1,6 +1,7 @@
 //! The brain: (spec, what was judged, now) → actions and status. Pure.
 
 mod conditions;
+mod refused;
 mod repair;
 mod revisions;
 mod rollout;
@@ -109,7 +110,8 @@ pub fn plan(svc: &ResilientService, seen: &Assessment) -> Plan {
         .then_some(decision.targets.target.as_str());
     let repairs = repair::plan(svc, seen, rolling);
     actions.extend(repairs.actions.iter().cloned());
-    let actions = normalize(actions);
+    let mut actions = normalize(actions);
+    refused::drop_refused_creates(&mut actions, seen);
     let (status, requeue_after) = status::compute(svc, seen, &update_revision, &decision, &repairs);
     Plan {
         actions,

@@ -125,10 +125,12 @@ pub(super) fn compute(
             )
         },
     });
+    // A refused template comes first: nothing else gets better until it changes.
+    let refused = super::refused::degraded(seen, update_revision, &rollout.targets, desired);
     decided.push(
-        repairs
-            .degraded
+        refused
             .clone()
+            .or_else(|| repairs.degraded.clone())
             .unwrap_or_else(|| degraded(svc, seen, &failures, &domains, desired)),
     );
     if let Some(r) = repairs.requeue {
@@ -140,12 +142,15 @@ pub(super) fn compute(
         decided.push(d.clone());
     }
 
-    let reason = rollout.reason.clone().or_else(|| {
-        decided
-            .iter()
-            .find(|d| d.type_ == condition::DEGRADED && d.status)
-            .map(|d| d.reason.clone())
-    });
+    let reason = refused
+        .map(|d| d.reason)
+        .or_else(|| rollout.reason.clone())
+        .or_else(|| {
+            decided
+                .iter()
+                .find(|d| d.type_ == condition::DEGRADED && d.status)
+                .map(|d| d.reason.clone())
+        });
     let conditions = merge_conditions(
         &previous.conditions,
         decided,

@@ -17,6 +17,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+/// What the API server says about raw ResilientServices: creates, rejections, case tables;
+/// imported by name by the admission tests.
+pub mod admission;
 mod audit;
 mod harness;
 mod kubectl;

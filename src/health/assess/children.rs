@@ -4,7 +4,9 @@
 use kube::ResourceExt;
 
 use super::{RevisionView, ServiceState};
-use crate::api::{ResilientService, ANNOTATION_BAD_REVISION};
+use std::collections::BTreeMap;
+
+use crate::api::{ResilientService, ANNOTATION_BAD_REVISION, ANNOTATION_INVALID_TEMPLATE};
 use crate::build;
 use crate::observe::Observed;
 
@@ -20,6 +22,18 @@ pub fn revisions(svc: &ResilientService, observed: &Observed) -> Vec<RevisionVie
             intact: build::recorded_template(r).is_some_and(|t| {
                 r.name_any() == format!("{}-{}", svc.name_any(), build::template_hash(&t))
             }),
+        })
+        .collect()
+}
+
+/// Revisions whose pods the API server refused as invalid, with its message.
+pub fn refused(observed: &Observed) -> BTreeMap<String, String> {
+    observed
+        .revisions
+        .iter()
+        .filter_map(|r| {
+            let message = r.annotations().get(ANNOTATION_INVALID_TEMPLATE)?;
+            Some((r.name_any(), message.clone()))
         })
         .collect()
 }

@@ -77,6 +77,8 @@ pub struct Assessment {
     pub strays: Vec<String>,
     pub claims: Vec<ClaimView>,
     pub revisions: Vec<RevisionView>,
+    /// Revisions whose pods the API server refused as invalid, with its message.
+    pub refused: BTreeMap<String, String>,
     pub service: ServiceState,
     /// None when missing; else whether it matches what we would build.
     pub budget_up_to_date: Option<bool>,
@@ -109,6 +111,7 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         strays,
         claims: storage::claims(svc, observed, &judge),
         revisions: children::revisions(svc, observed),
+        refused: children::refused(observed),
         service: children::service_state(svc, observed),
         budget_up_to_date: children::budget_up_to_date(svc, observed),
         node_domains: nodes::domains(svc, observed),

@@ -71,6 +71,7 @@ pub fn converged(svc: &ResilientService) -> Assessment {
             bad: false,
             intact: true,
         }],
+        refused: Default::default(),
         service: ServiceState::Ours { up_to_date: true },
         budget_up_to_date: Some(true),
         node_domains: Default::default(),

@@ -108,6 +108,7 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
 
     let verdict = verdict::judge(
         svc,
+        seen,
         update,
         rolling,
         &new_pods,

@@ -137,6 +137,7 @@ mod tests {
                     intact: true,
                 })
                 .collect(),
+            refused: Default::default(),
             service: ServiceState::Ours { up_to_date: true },
             budget_up_to_date: Some(true),
             node_domains: Default::default(),

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::{Decision, Targets, WAITING_FOR_A_PERSON, WAITING_FOR_UNPAUSE};
 use crate::api::{condition, ResilientService, RollbackPolicy, RolloutStatus, ANNOTATION_ABORT};
-use crate::health::{PodState, PodView};
+use crate::health::{Assessment, PodState, PodView};
 use crate::plan::conditions::Decided;
 use crate::plan::Action;
 
@@ -47,6 +47,7 @@ pub(super) fn abort_value(svc: &ResilientService) -> Option<&str> {
 /// (a crash-looping pod) may come and go, the verdict does not.
 pub(super) fn judge(
     svc: &ResilientService,
+    seen: &Assessment,
     update: &str,
     rolling: bool,
     new_pods: &[&PodView],
@@ -62,7 +63,9 @@ pub(super) fn judge(
         .map(str::to_string);
     Verdict {
         aborted: abort_requested(svc, update),
-        failure: stopped_before.or_else(|| new_revision_failure(svc, new_pods, now, prev)),
+        failure: stopped_before
+            .or_else(|| crate::plan::refused::rollout_failure(seen, update))
+            .or_else(|| new_revision_failure(svc, new_pods, now, prev)),
     }
 }
 
