@@ -91,6 +91,29 @@ fn converged(svc: &ResilientService) -> Assessment {
     }
 }
 
+/// A service converged on its first template, then given a new image: the service (its
+/// status still on the old revision), what is seen, and the old and new revisions.
+fn upgraded(replicas: i32) -> (ResilientService, Assessment, String, String) {
+    let mut svc = service(replicas, false);
+    let seen = converged(&svc);
+    let old = revision_name(&svc);
+    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:2".into());
+    let new = revision_name(&svc);
+    let mut seen = seen;
+    seen.revisions.push(RevisionView {
+        name: new.clone(),
+        number: 2,
+        bad: false,
+        intact: true,
+    });
+    svc.status = Some(crate::api::ResilientServiceStatus {
+        current_revision: Some(old.clone()),
+        update_revision: Some(old.clone()),
+        ..Default::default()
+    });
+    (svc, seen, old, new)
+}
+
 /// One pass whose status is written back, as the next pass reads it.
 fn pass(svc: &mut ResilientService, seen: &Assessment) -> Plan {
     let p = plan(svc, seen);

@@ -133,6 +133,19 @@ pub(super) fn decide(svc: &ResilientService, seen: &Assessment, update: &str) ->
     decision
 }
 
+/// A service of `replicas` with one container and no minReadySeconds, for the steps' tests.
+#[cfg(test)]
+fn test_service(replicas: i32) -> ResilientService {
+    let mut svc: ResilientService = serde_json::from_value(serde_json::json!({
+        "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+        "metadata": {"name": "web", "namespace": "ns"},
+        "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}
+    }))
+    .expect("a valid service");
+    svc.spec.update.min_ready_seconds = 0;
+    svc
+}
+
 /// `Progressing` and `RolledBack` of a service that is not rolling out.
 fn not_rolling(update: &str) -> Decided {
     Decided {

@@ -233,14 +233,7 @@ mod tests {
     use crate::health::PodState;
 
     fn svc(replicas: i32) -> ResilientService {
-        let mut svc: ResilientService = serde_json::from_value(serde_json::json!({
-            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
-            "metadata": {"name": "web", "namespace": "ns"},
-            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}
-        }))
-        .unwrap();
-        svc.spec.update.min_ready_seconds = 0;
-        svc
+        super::super::test_service(replicas)
     }
 
     fn t(s: i64) -> Timestamp {

@@ -97,13 +97,7 @@ mod tests {
     use crate::health::{PodState, PodView, RevisionView, ServiceState};
 
     fn svc(replicas: i32, recorded: Option<&str>) -> ResilientService {
-        let mut svc: ResilientService = serde_json::from_value(serde_json::json!({
-            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
-            "metadata": {"name": "web", "namespace": "ns"},
-            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}
-        }))
-        .unwrap();
-        svc.spec.update.min_ready_seconds = 0;
+        let mut svc = super::super::test_service(replicas);
         svc.status = Some(ResilientServiceStatus {
             current_revision: recorded.map(str::to_string),
             ..Default::default()

@@ -174,12 +174,7 @@ mod tests {
     use super::*;
 
     fn svc(abort: Option<&str>) -> ResilientService {
-        let mut svc: ResilientService = serde_json::from_value(serde_json::json!({
-            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
-            "metadata": {"name": "web", "namespace": "ns"},
-            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}
-        }))
-        .unwrap();
+        let mut svc = super::super::test_service(2);
         if let Some(v) = abort {
             svc.metadata.annotations = Some([(ANNOTATION_ABORT.to_string(), v.to_string())].into());
         }

@@ -1,7 +1,7 @@
 //! Revisions whose pods the API server refused (annotation perennial.dev/invalid-template).
 
 use super::*;
-use crate::api::{condition, ResilientServiceStatus, RollbackPolicy};
+use crate::api::{condition, RollbackPolicy};
 
 const REFUSAL: &str = "Pod \"web-0-abc\" is invalid: spec.nodeSelector: Invalid value: \"a b\": name part must consist of alphanumeric characters";
 
@@ -29,23 +29,8 @@ fn degraded(p: &Plan) -> (String, String, String) {
 
 /// A service on `old`, whose template was just changed to one with another image.
 fn upgraded(policy: RollbackPolicy) -> (ResilientService, Assessment, String, String) {
-    let mut svc = service(3, false);
+    let (mut svc, seen, old, new) = super::upgraded(3);
     svc.spec.update.rollback = policy;
-    let mut seen = converged(&svc);
-    let old = revision_name(&svc);
-    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:2".into());
-    let new = revision_name(&svc);
-    seen.revisions.push(RevisionView {
-        name: new.clone(),
-        number: 2,
-        bad: false,
-        intact: true,
-    });
-    svc.status = Some(ResilientServiceStatus {
-        current_revision: Some(old.clone()),
-        update_revision: Some(old.clone()),
-        ..Default::default()
-    });
     (svc, seen, old, new)
 }
 

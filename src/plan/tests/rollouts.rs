@@ -2,34 +2,8 @@
 
 use super::properties::arb_case;
 use super::*;
-use crate::api::{
-    Canary, CanaryStep, Pause, ResilientServiceStatus, RollbackPolicy, ANNOTATION_ABORT,
-    ANNOTATION_PROMOTE,
-};
+use crate::api::{Canary, CanaryStep, Pause, RollbackPolicy, ANNOTATION_ABORT, ANNOTATION_PROMOTE};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-/// A service converged on its first template, then given a new image: the service (its
-/// status still on the old revision), what is seen, and the old and new revisions.
-fn upgraded(replicas: i32) -> (ResilientService, Assessment, String, String) {
-    let mut svc = service(replicas, false);
-    let seen = converged(&svc);
-    let old = revision_name(&svc);
-    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:2".into());
-    let new = revision_name(&svc);
-    let mut seen = seen;
-    seen.revisions.push(RevisionView {
-        name: new.clone(),
-        number: 2,
-        bad: false,
-        intact: true,
-    });
-    svc.status = Some(ResilientServiceStatus {
-        current_revision: Some(old.clone()),
-        update_revision: Some(old.clone()),
-        ..Default::default()
-    });
-    (svc, seen, old, new)
-}
 
 fn with_pod(seen: &mut Assessment, svc: &ResilientService, slot: i32, rev: &str, state: PodState) {
     seen.pods.push(PodView {
