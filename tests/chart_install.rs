@@ -324,6 +324,33 @@ async fn repair_after_a_node_loss(ns: &TestNamespace, nodes: &NodeGroup) {
     wait_settled(&api, "db", generation, 1).await;
 }
 
+/// An operator watching `watched` with the identity of `kubeconfig`, once it holds the
+/// chart's leader Lease in the release namespace.
+async fn leader_as(
+    system: &TestNamespace,
+    watched: &str,
+    kubeconfig: &std::path::Path,
+) -> Operator {
+    let operator = Operator::start_with_kubeconfig(
+        watched,
+        kubeconfig,
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--leader-elect=true",
+            "--lease-namespace",
+            &system.name,
+            "--lease-name",
+            LEASE,
+        ],
+    );
+    wait_for("the operator to hold the leader Lease", TIMEOUT, || async {
+        holder(system, LEASE).await.ok_or("no holder".to_string())
+    })
+    .await;
+    operator
+}
+
 /// Installs only the chart's ServiceAccount and RBAC (replicaCount 0), runs the operator
 /// binary as that ServiceAccount (the admin's token with `as:` impersonation) and plays a
 /// service's life through it: nothing may be forbidden.
@@ -363,23 +390,7 @@ async fn operator_with_only_the_charts_rbac_does_its_whole_job(prefix: &str, nam
     );
 
     let nodes = NodeGroup::new(&app.client, prefix, &["zone-a", "zone-b"], 2).await;
-    let operator = Operator::start_with_kubeconfig(
-        &app.name,
-        &kubeconfig.0,
-        &[
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--leader-elect=true",
-            "--lease-namespace",
-            &system.name,
-            "--lease-name",
-            LEASE,
-        ],
-    );
-    wait_for("the operator to hold the leader Lease", TIMEOUT, || async {
-        holder(&system, LEASE).await.ok_or("no holder".to_string())
-    })
-    .await;
+    let operator = leader_as(&system, &app.name, &kubeconfig.0).await;
 
     // The scenario, stopped at the first refusal so that a failure names it.
     tokio::select! {
@@ -472,22 +483,7 @@ async fn with_only_the_charts_rbac_the_operator_reads_its_own_crd_and_no_other_a
     );
 
     // The check comes before leader election: holding the Lease means it passed.
-    let operator = Operator::start_with_kubeconfig(
-        &system.name,
-        &kubeconfig.0,
-        &[
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--lease-namespace",
-            &system.name,
-            "--lease-name",
-            LEASE,
-        ],
-    );
-    wait_for("the operator to hold the leader Lease", TIMEOUT, || async {
-        holder(&system, LEASE).await.ok_or("no holder".to_string())
-    })
-    .await;
+    let operator = leader_as(&system, &system.name, &kubeconfig.0).await;
     let refused = refusals(&operator.log);
     assert!(refused.is_empty(), "refused: {}", refused.join("\n"));
     drop(operator);

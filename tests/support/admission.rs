@@ -165,6 +165,27 @@ pub const NOISE: [&str; 3] = [
 
 /// Creates each case's spec (`base` with the case's patch) under `prefix-<i>` and checks
 /// its rejection; prints the table of cases and messages, and returns what went wrong.
+/// Creates the valid `base` as a control, then every case; fails naming each case the API
+/// server accepted or refused with another message.
+pub async fn assert_rejections(
+    api: &Api<DynamicObject>,
+    prefix: &str,
+    base: &Value,
+    cases: &[Case],
+) {
+    create(api, "control", base.clone())
+        .await
+        .unwrap_or_else(|m| panic!("the base spec is rejected: {m}"));
+    let failures = check_rejections(api, prefix, base, cases).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
 pub async fn check_rejections(
     api: &Api<DynamicObject>,
     prefix: &str,
