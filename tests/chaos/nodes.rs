@@ -49,8 +49,10 @@ impl Drop for Restore {
     }
 }
 
-/// Removes the out-of-service taint from `node`; true when it had one. A person does this
-/// once a fenced node is repaired; the operator never does.
+/// Removes the out-of-service taint from `node`; true when it had one, as a person does once
+/// a fenced node is repaired. The operator removes its own fence too once the node is back
+/// (repair.onNodeRecovered: RemoveFence); racing it here checks that it leaves alone a fence
+/// a person already removed.
 pub(crate) async fn untaint(client: &Client, node: &str) -> Result<bool, String> {
     let api: Api<Node> = Api::all(client.clone());
     for _ in 0..5 {
