@@ -62,11 +62,26 @@ pub(super) fn judge(
         .and_then(|w| w.strip_prefix(WAITING_FOR_A_PERSON))
         .map(str::to_string);
     Verdict {
-        aborted: abort_requested(svc, update),
+        aborted: abort_requested(svc, update) || aborted_before(svc, update),
         failure: stopped_before
             .or_else(|| crate::plan::refused::rollout_failure(seen, update))
             .or_else(|| new_revision_failure(svc, new_pods, now, prev)),
     }
+}
+
+/// The rollout of `update` was rolled back because a person aborted it. The annotation that
+/// asked for it is cleared once carried out; the verdict, and so the reason a person reads
+/// in `RolledBack`, stays.
+fn aborted_before(svc: &ResilientService, update: &str) -> bool {
+    let from = format!("rolled back from {update} ");
+    svc.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == condition::ROLLED_BACK
+                && c.status == "True"
+                && c.reason == "RolloutAborted"
+                && c.message.starts_with(&from)
+        })
+    })
 }
 
 /// Why the new revision has failed, if it has: a pod that kept crashing past the
@@ -213,6 +228,48 @@ mod tests {
             "it names an earlier rollout"
         );
         assert_eq!(clear_abort(&svc(None), "web-2", true, true), None);
+    }
+
+    #[test]
+    fn an_aborted_rollout_stays_aborted_once_its_annotation_is_cleared() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let mut cleared = svc(None);
+        cleared.status = Some(crate::api::ResilientServiceStatus {
+            conditions: vec![Condition {
+                type_: condition::ROLLED_BACK.into(),
+                status: "True".into(),
+                reason: "RolloutAborted".into(),
+                message: "rolled back from web-2 to web-1: the rollout was aborted".into(),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        let now = Timestamp::UNIX_EPOCH;
+        assert!(judge(&cleared, &empty(), "web-2", true, &[], now, None).aborted);
+        assert!(
+            !judge(&cleared, &empty(), "web-3", true, &[], now, None).aborted,
+            "a later rollout is not aborted by it"
+        );
+    }
+
+    fn empty() -> Assessment {
+        Assessment {
+            now: Timestamp::UNIX_EPOCH,
+            pods: vec![],
+            strays: vec![],
+            claims: vec![],
+            revisions: vec![],
+            refused: Default::default(),
+            service: crate::health::ServiceState::Missing,
+            budget_up_to_date: None,
+            node_domains: Default::default(),
+            nodes_total: 0,
+            nodes_lost: 0,
+            node_recheck_seconds: None,
+            nodes_back: Default::default(),
+            fences: vec![],
+        }
     }
 
     #[test]
