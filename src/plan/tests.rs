@@ -95,23 +95,33 @@ fn converged(svc: &ResilientService) -> Assessment {
 /// status still on the old revision), what is seen, and the old and new revisions.
 fn upgraded(replicas: i32) -> (ResilientService, Assessment, String, String) {
     let mut svc = service(replicas, false);
-    let seen = converged(&svc);
+    let mut seen = converged(&svc);
     let old = revision_name(&svc);
-    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:2".into());
-    let new = revision_name(&svc);
-    let mut seen = seen;
-    seen.revisions.push(RevisionView {
-        name: new.clone(),
-        number: 2,
-        bad: false,
-        intact: true,
-    });
+    let new = new_template(&mut svc, &mut seen, "example/app:2", 2);
     svc.status = Some(crate::api::ResilientServiceStatus {
         current_revision: Some(old.clone()),
         update_revision: Some(old.clone()),
         ..Default::default()
     });
     (svc, seen, old, new)
+}
+
+/// Gives `svc` a template with `image`, recorded as revision `number`; returns its name.
+fn new_template(
+    svc: &mut ResilientService,
+    seen: &mut Assessment,
+    image: &str,
+    number: i64,
+) -> String {
+    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+    let name = revision_name(svc);
+    seen.revisions.push(RevisionView {
+        name: name.clone(),
+        number,
+        bad: false,
+        intact: true,
+    });
+    name
 }
 
 /// One pass whose status is written back, as the next pass reads it.

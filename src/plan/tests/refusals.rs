@@ -63,14 +63,7 @@ fn a_new_service_whose_pods_are_refused_asks_for_none_again_and_is_degraded_inva
 
     // Fixed: the new template's pods are asked for, and nothing is reported about the
     // refused revision the slots no longer need, though the rollout has only begun.
-    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:2".into());
-    let fixed = revision_name(&svc);
-    seen.revisions.push(RevisionView {
-        name: fixed.clone(),
-        number: 2,
-        bad: false,
-        intact: true,
-    });
+    let fixed = new_template(&mut svc, &mut seen, "example/app:2", 2);
     let p = pass(&mut svc, &at(700, &seen));
     assert_eq!(
         creates(&p),
@@ -114,14 +107,7 @@ fn a_refused_new_revision_is_rolled_back_and_degraded_stays_until_the_template_c
     assert_eq!(available.map(|c| c.status.as_str()), Some("True"));
 
     // A new template clears it and rolls out.
-    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:3".into());
-    let newer = revision_name(&svc);
-    seen.revisions.push(RevisionView {
-        name: newer.clone(),
-        number: 3,
-        bad: false,
-        intact: true,
-    });
+    let newer = new_template(&mut svc, &mut seen, "example/app:3", 3);
     let p = pass(&mut svc, &at(60, &seen));
     let (status, reason, _) = degraded(&p);
     assert_eq!(

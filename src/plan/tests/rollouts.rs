@@ -178,14 +178,7 @@ fn manual_rollback_stops_keeps_the_failing_pod_and_does_not_retry() {
     assert_eq!(p.actions, vec![]);
 
     // A new template starts a new rollout.
-    svc.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example/app:3".into());
-    let newer = revision_name(&svc);
-    seen.revisions.push(RevisionView {
-        name: newer.clone(),
-        number: 3,
-        bad: false,
-        intact: true,
-    });
+    let newer = new_template(&mut svc, &mut seen, "example/app:3", 3);
     let p = pass(&mut svc, &at(10, &seen));
     assert_eq!(p.status.reason, None);
     assert_eq!(creates_at(&p, &newer), vec![2]);
