@@ -64,6 +64,7 @@ component_bin() {
     etcd) printf '%s/etcd\n' "$(bin_dir etcd)" ;;
     kwok) printf '%s/kwok\n' "$(bin_dir kwok)" ;;
     helm) printf '%s/helm\n' "$(bin_dir helm)" ;;
+    crane) printf '%s/crane\n' "$(bin_dir crane)" ;;
     *) printf '%s/%s\n' "$(bin_dir kubernetes)" "$1" ;;
   esac
 }
