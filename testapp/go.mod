@@ -1,0 +1,3 @@
+module perennial.dev/testapp
+
+go 1.26.0
