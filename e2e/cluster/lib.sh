@@ -126,3 +126,50 @@ stop_component() {
   rm -f "$(pid_file "$name")"
   log "stopped $name (pid $pid)"
 }
+
+# --- real nodes: kubelets with a containerd each, beside the KWOK nodes ---------------------
+# Every address below is on this machine: node and control-plane addresses on a bridge with
+# no ports (the kernel here has no dummy devices), one bridge per real node for its pods, and
+# the Service range routed to a second portless bridge, so that a packet kube-proxy did not
+# translate is dropped here.
+REAL_NODES=${REAL_NODES:-2}
+REAL_DIR="$STATE_DIR/real"
+HOST_DEV=pnhost0
+SERVICE_DEV=pnsvc0
+HOST_IP=10.213.0.1
+NODE_NET=10.213.0.0/24
+SERVICE_CIDR=10.96.0.0/16
+CLUSTER_CIDR=10.214.0.0/16
+KUBE_PROXY_HEALTHZ_PORT=${KUBE_PROXY_HEALTHZ_PORT:-21300}
+KUBE_PROXY_METRICS_PORT=${KUBE_PROXY_METRICS_PORT:-21301}
+# The nftables table of our own that keeps pod traffic on the machine.
+GUARD_TABLE=perennial_guard
+# Image pulls go to a proxy address where nothing listens: no pull ever leaves the machine.
+NO_PULL_PROXY=http://127.0.0.1:9
+
+real_node_name() { printf 'real-node-%s\n' "$1"; }
+real_node_ip() { printf '10.213.0.%s\n' "$((11 + $1))"; }
+real_node_bridge() { printf 'pnbr%s\n' "$1"; }
+real_node_pod_cidr() { printf '10.214.%s.0/24\n' "$1"; }
+real_node_gateway() { printf '10.214.%s.1\n' "$1"; }
+real_node_kubelet_port() { printf '%s\n' "$((21250 + 10 * $1))"; }
+real_node_healthz_port() { printf '%s\n' "$((21251 + 10 * $1))"; }
+real_node_dir() { printf '%s/%s\n' "$REAL_DIR" "$(real_node_name "$1")"; }
+real_node_socket() { printf '%s/containerd.sock\n' "$(real_node_dir "$1")"; }
+# real_node_index NAME: the index of a real node, from its name.
+real_node_index() {
+  [[ $1 =~ ^real-node-([0-9]+)$ ]] || return 1
+  printf '%s\n' "${BASH_REMATCH[1]}"
+}
+
+# all_components: the control plane, and each real node's containerd and kubelet and the
+# host's kube-proxy when there are real nodes.
+all_components() {
+  local i name
+  printf '%s\n' $COMPONENTS
+  for ((i = 0; i < REAL_NODES; i++)); do
+    name=$(real_node_name "$i")
+    printf 'containerd-%s\nkubelet-%s\n' "$name" "$name"
+  done
+  [ "$REAL_NODES" -eq 0 ] || echo kube-proxy
+}
