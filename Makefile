@@ -6,7 +6,7 @@ CRD_FILE := crds/perennial.dev_resilientservices.yaml
 CHART_CRD_FILE := charts/perennial/crds/perennial.dev_resilientservices.yaml
 REFERENCE_FILE := docs/reference.md
 
-.PHONY: help build cluster cluster-down cluster-status crds lint test testapp-test images demo bench chaos
+.PHONY: help build cluster cluster-down cluster-status crds lint test testapp-test images install demo bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -59,7 +59,8 @@ chart-lint: ## helm lint --strict of charts/perennial, with the default and the 
 
 # The suite's short soak replays one schedule, so that a red run can be replayed exactly;
 # `make chaos` draws a new one each time (CHAOS_SEED overrides either).
-test: cluster ## the whole suite: unit, property and integration tests on the local control plane
+# The real-node tests run the images `images` imports into every real node.
+test: cluster images ## the whole suite: unit, property and integration tests on the local control plane
 	$(MAKE) --no-print-directory testapp-test
 	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) CHAOS_SEED=$${CHAOS_SEED:-424242} cargo test --all-targets --no-fail-fast
 
@@ -68,6 +69,13 @@ testapp-test: ## the test application's Go tests (testapp/)
 
 images: ## operator, pause and test app images in target/images/; loaded into real nodes that run
 	e2e/images
+
+install: ## helm install the chart into perennial-system on the real nodes (after `make cluster images`)
+	KUBECONFIG=$(LOCAL_KUBECONFIG) "$$($(CLUSTER)/build --print-dirs | grep '/helm-')/helm" upgrade --install \
+	  perennial charts/perennial --namespace perennial-system --create-namespace \
+	  -f e2e/real-values.yaml --wait --timeout 3m
+	KUBECONFIG=$(LOCAL_KUBECONFIG) "$$($(CLUSTER)/build --print-dirs | grep '/kubernetes-')/kubectl" \
+	  -n perennial-system get pods -o wide
 
 demo: ## start the control plane, run the operator and a sample service, show its status
 	e2e/demo

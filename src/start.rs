@@ -82,7 +82,7 @@ pub enum StartError {
 
 /// Connects and runs one controller per watched namespace (or one for all).
 pub async fn main(args: RunArgs) -> Result<(), StartError> {
-    let config = match &args.kubeconfig {
+    let (config, source) = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 StartError::Kubeconfig {
@@ -90,15 +90,22 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
                     source,
                 }
             })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .map_err(|source| StartError::Kubeconfig {
                     path: path.display().to_string(),
                     source,
-                })?
+                })?;
+            (config, format!("the kubeconfig {}", path.display()))
         }
-        None => kube::Config::infer().await?,
+        None => {
+            let config = kube::Config::infer().await?;
+            let source = config_source(&config, std::env::var("KUBERNETES_SERVICE_HOST").ok());
+            (config, source.to_string())
+        }
     };
+    // Which identity the operator acts as is the first thing to check on a new install.
+    tracing::info!(server = %config.cluster_url, config = %source, "API server configured");
     let client = crate::throttle::client(config, args.api_qps, args.api_burst)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -180,6 +187,18 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
 }
 
 /// This replica's name in the lease: the pod's name, else host and pid.
+/// Where an inferred config came from: kube's inference reads KUBECONFIG or ~/.kube/config
+/// first and falls back on the pod's ServiceAccount, whose server is the
+/// `kubernetes` Service named by KUBERNETES_SERVICE_HOST.
+fn config_source(config: &kube::Config, service_host: Option<String>) -> &'static str {
+    let host = config.cluster_url.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match service_host {
+        Some(h) if !h.is_empty() && h == host => "in-cluster: the pod's ServiceAccount token",
+        _ => "KUBECONFIG or ~/.kube/config",
+    }
+}
+
 fn identity() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -202,5 +221,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_source;
+
+    fn config(url: &str) -> kube::Config {
+        kube::Config::new(url.parse().expect("a URL"))
+    }
+
+    #[test]
+    fn a_config_whose_server_is_the_kubernetes_service_is_called_in_cluster() {
+        let source = config_source(&config("https://10.96.0.1:443"), Some("10.96.0.1".into()));
+        assert!(source.starts_with("in-cluster"), "{source}");
+    }
+
+    #[test]
+    fn a_config_for_another_server_or_outside_a_pod_is_called_a_kubeconfig() {
+        for host in [Some("10.96.0.1".to_string()), Some(String::new()), None] {
+            let source = config_source(&config("https://127.0.0.1:16443"), host.clone());
+            assert_eq!(source, "KUBECONFIG or ~/.kube/config", "{host:?}");
+        }
     }
 }

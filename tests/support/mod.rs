@@ -30,6 +30,7 @@ mod wait;
 pub mod chart;
 pub mod nodes;
 pub mod pods;
+pub mod real;
 /// Scenario helpers (snapshots, pod watches) of the crash-safety and hostile-input tests.
 pub mod scenario;
 pub mod service;

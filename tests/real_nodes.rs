@@ -1,0 +1,398 @@
+//! The operator against real kubelets: crash loops and OOM kills that a kubelet reports, a
+//! real node that crashes or is cut off, and requests through a ClusterIP Service during a
+//! rolling update, side by side with a Deployment.
+//!
+//! Every pod here is the test application (testapp/) on the real nodes, which only pods
+//! that tolerate their taint reach. The tests take turns (`REAL_NODES`): they share two
+//! nodes, and a node fault would disturb a test beside it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use perennial::api::ResilientService;
+use serde_json::{json, Value};
+use support::pods::*;
+use support::real::*;
+use support::service::*;
+use support::*;
+
+/// A real pod starts in about a second; this leaves room for a busy machine.
+const POD_TIMEOUT: Duration = Duration::from_secs(120);
+/// `repair.nodeLostAfterSeconds` of the node-fault tests: the least the API allows.
+const NODE_LOST_AFTER: u64 = 10;
+
+fn testapp_service(
+    name: &str,
+    replicas: i32,
+    env: &[(&str, &str)],
+    spec: Value,
+) -> ResilientService {
+    let body = merged(testapp_spec(name, testapp_container(env)), spec);
+    service(name, replicas, TESTAPP_IMAGE, body)
+}
+
+async fn pod_on(ns: &TestNamespace, name: &str) -> Vec<Pod> {
+    pods(ns, &format!("app={name}")).await
+}
+
+#[tokio::test]
+async fn a_container_crashing_under_a_real_kubelet_is_judged_crash_loop_back_off_and_climbs_the_ladder(
+) {
+    let _turn = REAL_NODES.lock().await;
+    let ns = TestNamespace::new("real-crash-loop").await;
+    real_nodes(&ns.client, 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+    let spec = json!({"supervision": {"maxRestarts": 1, "periodSeconds": 300}});
+    let svc = testapp_service("crashy", 1, &[("CRASH_AFTER_SECONDS", "1")], spec);
+    let api = create_service(&ns, &svc).await;
+
+    // The kubelet's own restart count and back-off are the evidence: nothing plays them.
+    let judged = wait_svc(
+        &api,
+        "crashy",
+        "slot 0 judged CrashLoopBackOff",
+        POD_TIMEOUT,
+        |svc| {
+            let e = entry(svc, 0).ok_or("no ledger entry yet")?;
+            let reason = e.last_failure.as_ref().map(|f| f.reason.clone());
+            (reason.as_deref() == Some("CrashLoopBackOff"))
+                .then(|| e.clone())
+                .ok_or_else(|| ledger(svc))
+        },
+    )
+    .await;
+    println!("judged: {judged:?}");
+    let climbed = wait_svc(
+        &api,
+        "crashy",
+        "a Reschedule after the Restart",
+        Duration::from_secs(240),
+        |svc| {
+            let e = entry(svc, 0).ok_or("no ledger entry")?;
+            matches!(e.escalation.as_deref(), Some("Reschedule" | "Quarantine"))
+                .then(|| e.clone())
+                .ok_or_else(|| ledger(svc))
+        },
+    )
+    .await;
+    let avoided = climbed
+        .avoid_node
+        .clone()
+        .expect("a Reschedule avoids the node it failed on");
+    assert!(avoided.starts_with("real-node-"), "{climbed:?}");
+    let pods = pod_on(&ns, "crashy").await;
+    assert!(
+        pods.iter()
+            .filter(|p| alive(p))
+            .all(|p| node_of(p) != avoided || node_of(p).is_empty()),
+        "the rescheduled pod avoids {avoided}: {}",
+        describe_all(&pods)
+    );
+}
+
+#[tokio::test]
+async fn a_container_killed_for_memory_by_a_real_kubelet_is_judged_oom_killed() {
+    let _turn = REAL_NODES.lock().await;
+    let ns = TestNamespace::new("real-oom").await;
+    real_nodes(&ns.client, 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+    let mut container = testapp_container(&[("ALLOCATE_MIB", "256")]);
+    container["resources"]["limits"] = json!({"memory": "48Mi"});
+    let svc = service("hog", 1, TESTAPP_IMAGE, testapp_spec("hog", container));
+    let api = create_service(&ns, &svc).await;
+
+    let e = wait_svc(&api, "hog", "slot 0 judged OOMKilled", POD_TIMEOUT, |svc| {
+        let e = entry(svc, 0).ok_or("no ledger entry yet")?;
+        let reason = e.last_failure.as_ref().map(|f| f.reason.clone());
+        (reason.as_deref() == Some("OOMKilled"))
+            .then(|| e.clone())
+            .ok_or_else(|| ledger(svc))
+    })
+    .await;
+    println!("judged: {e:?}");
+    let pods = pod_on(&ns, "hog").await;
+    let killed = pods.iter().any(|p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.first())
+            .and_then(|c| c.last_state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled") && t.exit_code == 137)
+    });
+    assert!(
+        killed,
+        "a kubelet reported the OOM kill: {}",
+        describe_all(&pods)
+    );
+}
+
+#[tokio::test]
+async fn the_replicas_of_a_crashed_real_node_are_ready_again_on_the_other_real_node() {
+    let _turn = REAL_NODES.lock().await;
+    let ns = TestNamespace::new("real-node-crash").await;
+    let nodes = real_nodes(&ns.client, 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+    let spec = json!({"repair": {"nodeLostAfterSeconds": NODE_LOST_AFTER}});
+    let api = create_service(&ns, &testapp_service("web", 2, &[], spec)).await;
+    wait_available(&api, "web", 2, POD_TIMEOUT).await;
+
+    let before = pod_on(&ns, "web").await;
+    let victim = node_of(&before[0]);
+    let survivor = nodes
+        .iter()
+        .find(|n| **n != victim)
+        .expect("a second real node")
+        .clone();
+    let lost: Vec<String> = before
+        .iter()
+        .filter(|p| node_of(p) == victim)
+        .map(uid)
+        .collect();
+    let _back = NodeBack(victim.clone());
+    let crashed_at = Instant::now();
+    real_fault("node-crash", &victim);
+
+    let svc = wait_svc(
+        &api,
+        "web",
+        "both replicas Ready on the surviving node",
+        Duration::from_secs(180),
+        |svc| {
+            let s = status(svc);
+            let on_survivor = s
+                .replica_statuses
+                .iter()
+                .filter(|r| r.state == "Ready" && r.node.as_deref() == Some(survivor.as_str()))
+                .count();
+            (s.available_replicas == 2 && on_survivor == 2)
+                .then(|| svc.clone())
+                .ok_or_else(|| ledger(svc))
+        },
+    )
+    .await;
+    let took = crashed_at.elapsed();
+    println!(
+        "node-crash of {victim}: both replicas Ready on {survivor} {:.1} s after the crash",
+        took.as_secs_f64()
+    );
+    println!("web: {}", ledger(&svc));
+    let after = pod_on(&ns, "web").await;
+    assert!(
+        after
+            .iter()
+            .all(|p| !lost.contains(&uid(p)) || terminating(p)),
+        "the lost pods were replaced: {}",
+        describe_all(&after)
+    );
+    // The README's bound: silence counted from 12 s, acted on 11 s after being judged,
+    // plus a start; a minute and a half leaves room for a busy machine.
+    assert!(
+        took < Duration::from_secs(90),
+        "repaired {took:?} after the crash"
+    );
+}
+
+#[tokio::test]
+async fn a_stateful_slot_on_a_partitioned_real_node_waits_for_evidence_while_its_container_runs_on()
+{
+    let _turn = REAL_NODES.lock().await;
+    let ns = TestNamespace::new("real-partition").await;
+    real_nodes(&ns.client, 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+    let spec = merged(
+        local_storage(),
+        json!({"repair": {"nodeLostAfterSeconds": NODE_LOST_AFTER, "fencing": "WaitForEvidence"}}),
+    );
+    let api = create_service(&ns, &testapp_service("store", 1, &[], spec)).await;
+    wait_available(&api, "store", 1, POD_TIMEOUT).await;
+    let [pod] = pod_on(&ns, "store").await.try_into().expect("one pod");
+    let node = node_of(&pod);
+    let _back = NodeBack(node.clone());
+    real_fault("node-partition", &node);
+
+    let svc = wait_svc(
+        &api,
+        "store",
+        "slot 0 waiting for evidence",
+        Duration::from_secs(120),
+        |svc| {
+            let e = entry(svc, 0).ok_or("no entry")?;
+            let degraded = degraded(svc).map(|d| d.1);
+            (e.waiting_for.is_some() && degraded.as_deref() == Some("NodeLost"))
+                .then(|| svc.clone())
+                .ok_or_else(|| ledger(svc))
+        },
+    )
+    .await;
+    println!("store while {node} is cut off: {}", ledger(&svc));
+    assert!(
+        node_runs_containers(&node),
+        "the old container still runs on {node}: the reason to wait"
+    );
+    let now = pod_on(&ns, "store").await;
+    assert!(
+        now.iter().all(|p| uid(p) == uid(&pod)),
+        "no second pod for a slot whose old container may still write: {}",
+        describe_all(&now)
+    );
+
+    real_fault("node-back", &node);
+    wait_available(&api, "store", 1, POD_TIMEOUT).await;
+    let [again] = pod_on(&ns, "store").await.try_into().expect("one pod");
+    assert_eq!(
+        uid(&again),
+        uid(&pod),
+        "the same pod serves again once its node is back"
+    );
+}
+
+/// Waits until the Deployment `name` runs `replicas` updated, available pods of its
+/// generation `generation`.
+async fn wait_deployment(api: &Api<Deployment>, name: &str, replicas: i32, generation: i64) {
+    wait_object(
+        api,
+        name,
+        "the Deployment's rollout to complete",
+        Duration::from_secs(300),
+        |d| {
+            let s = d.status.clone().unwrap_or_default();
+            let done = s.observed_generation.unwrap_or_default() >= generation
+                && s.updated_replicas == Some(replicas)
+                && s.available_replicas == Some(replicas)
+                && s.replicas == Some(replicas);
+            done.then_some(()).ok_or(format!("{s:?}"))
+        },
+    )
+    .await
+}
+
+/// Waits until every request of a short burst to `addr` is answered by `version`.
+async fn wait_serving(addr: std::net::SocketAddr, version: &str) {
+    let want = format!("version={version}");
+    wait_for(
+        &format!("{addr} to answer with {want}"),
+        POD_TIMEOUT,
+        || {
+            let want = want.clone();
+            async move {
+                let answers: Vec<_> = (0..10)
+                    .map(|_| request(addr, Duration::from_secs(2)))
+                    .collect();
+                answers
+                    .iter()
+                    .all(|a| a.as_ref().is_ok_and(|b| b.contains(&want)))
+                    .then_some(())
+                    .ok_or(format!("{answers:?}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn requests_through_a_cluster_ip_during_a_rolling_update_are_counted_for_perennial_and_a_deployment(
+) {
+    const REPLICAS: i32 = 6;
+    const RATE: u32 = 50;
+    let _turn = REAL_NODES.lock().await;
+    let ns = TestNamespace::new("real-traffic").await;
+    real_nodes(&ns.client, 2).await;
+    let _operator = Operator::with_crd(&ns).await;
+
+    // The same template and the same surge for both.
+    let update = json!({"update": {"maxSurge": 1, "maxUnavailable": 0}});
+    let api = create_service(
+        &ns,
+        &testapp_service("perennial", REPLICAS, &[("APP_VERSION", "v1")], update),
+    )
+    .await;
+    let template =
+        testapp_spec("deployment", testapp_container(&[("APP_VERSION", "v1")]))["template"].clone();
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "deployment"},
+        "spec": {
+            "replicas": REPLICAS,
+            "selector": {"matchLabels": {"app": "deployment"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": template
+        }
+    }))
+    .expect("a valid Deployment");
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+    let ours = cluster_ip_service(&ns, "perennial").await;
+    let theirs = cluster_ip_service(&ns, "deployment").await;
+    wait_available(&api, "perennial", REPLICAS, POD_TIMEOUT).await;
+    wait_deployment(&deployments, "deployment", REPLICAS, 1).await;
+    wait_serving(ours, "v1").await;
+    wait_serving(theirs, "v1").await;
+
+    // Both roll out at once, each with a client of its own.
+    let ours_traffic = Traffic::start(ours, RATE);
+    let theirs_traffic = Traffic::start(theirs, RATE);
+    let v2 = testapp_container(&[("APP_VERSION", "v2")]);
+    let generation = patch_spec(
+        &api,
+        "perennial",
+        json!({"template": {"spec": {"containers": [v2.clone()]}}}),
+    )
+    .await;
+    let patched = merge_patch(
+        &deployments,
+        "deployment",
+        json!({"spec": {"template": {"spec": {"containers": [v2]}}}}),
+    )
+    .await;
+    let started = Instant::now();
+    let revision = wait_update_revision(&api, "perennial", generation, POD_TIMEOUT).await;
+    let (_, ()) = tokio::join!(
+        wait_svc(
+            &api,
+            "perennial",
+            "the rollout to v2 to complete",
+            Duration::from_secs(300),
+            |svc| { complete(svc, REPLICAS, &revision) }
+        ),
+        wait_deployment(
+            &deployments,
+            "deployment",
+            REPLICAS,
+            patched.metadata.generation.unwrap_or(2)
+        ),
+    );
+    let rolled = started.elapsed();
+    wait_serving(ours, "v2").await;
+    wait_serving(theirs, "v2").await;
+    let ours_count = ours_traffic.stop();
+    let theirs_count = theirs_traffic.stop();
+    println!(
+        "rolling update of {REPLICAS} replicas, {RATE} requests/s each on a new connection, {:.0} s:",
+        rolled.as_secs_f64()
+    );
+    println!("  ResilientService: {ours_count}");
+    println!("  Deployment:       {theirs_count}");
+
+    for (who, count) in [
+        ("ResilientService", &ours_count),
+        ("Deployment", &theirs_count),
+    ] {
+        let expected = (rolled.as_secs_f64() * f64::from(RATE) * 0.5) as u64;
+        assert!(
+            count.sent >= expected,
+            "{who}: the client kept its rate: {count}"
+        );
+        assert!(
+            count.versions.get("v1").copied().unwrap_or(0) > 0
+                && count.versions.get("v2").copied().unwrap_or(0) > 0,
+            "{who}: requests were answered by both versions during the update: {count}"
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Real nodes (a kubelet and a containerd each, beside the KWOK nodes): finding them,
+//! placing the test application on them, their faults, and requests through a Service.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use super::{harness::cluster_dir, repo_root, TestNamespace};
+
+/// The label that tells real nodes (`real`) from KWOK nodes (`kwok`).
+pub const NODE_KIND_LABEL: &str = "e2e.perennial.dev/node";
+/// The taint every real node registers with: only pods that ask for one land there.
+pub const REAL_NODE_TAINT: &str = "e2e.perennial.dev/real-node";
+pub const TESTAPP_IMAGE: &str = "localhost/perennial-testapp:dev";
+pub const OPERATOR_IMAGE: &str = "localhost/perennial:dev";
+const IMAGES: [&str; 3] = [OPERATOR_IMAGE, TESTAPP_IMAGE, "localhost/pause:dev"];
+
+/// Serialises the real-node tests of one binary: they share two nodes and two cores, and
+/// a node fault would disturb any test beside it.
+pub static REAL_NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The names of the Ready real nodes, at least `want` of them, each holding the images;
+/// fails saying why not (never a silent skip).
+pub async fn real_nodes(client: &Client, want: usize) -> Vec<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let listed = nodes
+        .list(&ListParams::default().labels(&format!("{NODE_KIND_LABEL}=real")))
+        .await
+        .expect("list the real nodes");
+    let ready: Vec<String> = listed
+        .items
+        .iter()
+        .filter(|n| super::nodes::node_ready(n).as_deref() == Some("True"))
+        .map(|n| n.name_any())
+        .collect();
+    assert!(
+        ready.len() >= want,
+        "this test needs {want} Ready real nodes and finds {} ({:?}): the cluster runs with \
+         REAL_NODES={}; start it with real nodes (`make cluster`, as root, with containerd, \
+         runc and the CNI plugins installed) and see `make cluster-status`",
+        ready.len(),
+        ready,
+        std::env::var("REAL_NODES").unwrap_or_else(|_| "its default".into())
+    );
+    for node in &ready {
+        let missing = missing_images(node);
+        assert!(
+            missing.is_empty(),
+            "real node {node} lacks the images {missing:?}: run `make images` (it builds them and loads them into every real node)"
+        );
+    }
+    ready
+}
+
+fn node_socket(node: &str) -> std::path::PathBuf {
+    cluster_dir()
+        .join("real")
+        .join(node)
+        .join("containerd.sock")
+}
+
+/// The test images not imported into `node`'s containerd.
+fn missing_images(node: &str) -> Vec<&'static str> {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(node_socket(node))
+        .args(["-n", "k8s.io", "images", "ls", "-q"])
+        .output()
+        .unwrap_or_else(|e| panic!("run ctr (apt-get install containerd): {e}"));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    IMAGES
+        .into_iter()
+        .filter(|image| !listed.lines().any(|l| l.trim() == *image))
+        .collect()
+}
+
+/// Pod spec fields that put a pod on a real node, and only there.
+pub fn on_real_nodes() -> Value {
+    json!({
+        "nodeSelector": {NODE_KIND_LABEL: "real"},
+        "tolerations": [{"key": REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
+    })
+}
+
+/// The test application's container `app`, with its environment `env` (see testapp/),
+/// readiness from its `/readyz`, non-root on a read-only root filesystem.
+pub fn testapp_container(env: &[(&str, &str)]) -> Value {
+    let mut vars = vec![
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    ];
+    vars.extend(env.iter().map(|(k, v)| json!({"name": k, "value": v})));
+    json!({
+        "name": "app",
+        "image": TESTAPP_IMAGE,
+        "imagePullPolicy": "Never",
+        "env": vars,
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}},
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 65532, "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
+        }
+    })
+}
+
+/// ResilientService spec fields: pods of the test application labelled `app: name` on the
+/// real nodes, the container given (`testapp_container`).
+pub fn testapp_spec(name: &str, container: Value) -> Value {
+    let mut pod = on_real_nodes();
+    pod["containers"] = json!([container]);
+    pod["terminationGracePeriodSeconds"] = json!(5);
+    json!({"template": {"metadata": {"labels": {"app": name}}, "spec": pod}})
+}
+
+// ------------------------------------------------------------------------------------------
+// Faults
+
+/// `e2e/cluster/fault WHAT TARGET` for the real-node faults: node-crash, node-partition,
+/// node-back, container-kill (TARGET `namespace/pod`).
+pub fn real_fault(what: &str, target: &str) -> String {
+    super::harness::harness(&[what, target], "fault")
+}
+
+/// Brings a real node back when dropped, also when the test failed, so the next test finds
+/// every real node Ready.
+pub struct NodeBack(pub String);
+
+impl Drop for NodeBack {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("e2e/cluster/fault"))
+            .args(["node-back", &self.0])
+            .env("PERENNIAL_CLUSTER_DIR", cluster_dir())
+            .output();
+    }
+}
+
+/// Whether any process of `node`'s containers still runs (partitioned nodes keep them).
+pub fn node_runs_containers(node: &str) -> bool {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(node_socket(node))
+        .args(["-n", "k8s.io", "tasks", "ls"])
+        .output()
+        .expect("run ctr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(2) == Some("RUNNING"))
+}
+
+// ------------------------------------------------------------------------------------------
+// Traffic
+
+/// A ClusterIP Service `name` in front of the pods labelled `app: name`, port 80 to 8080;
+/// returns its address.
+pub async fn cluster_ip_service(ns: &TestNamespace, name: &str) -> SocketAddr {
+    let api: Api<Service> = ns.api();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .expect("a valid Service");
+    let created = api
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the Service");
+    let ip = created
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    format!("{ip}:80").parse().expect("an address")
+}
+
+/// What one request got: `Ok(body)` for a 200, else why it failed.
+pub fn request(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| kind(&e))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(timeout)).ok();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: testapp\r\n\r\n")
+        .map_err(|e| kind(&e))?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(|e| kind(&e))?;
+    match reply.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.") && head.split(' ').nth(1) == Some("200") =>
+        {
+            Ok(body.to_string())
+        }
+        Some((head, _)) => Err(format!("status {}", head.split(' ').nth(1).unwrap_or("?"))),
+        None if reply.is_empty() => Err("empty reply".into()),
+        None => Err("truncated reply".into()),
+    }
+}
+
+fn kind(e: &std::io::Error) -> String {
+    format!("{:?}", e.kind())
+}
+
+/// Requests sent and how they ended.
+#[derive(Debug, Default, Clone)]
+pub struct TrafficCount {
+    pub sent: u64,
+    pub failed: u64,
+    /// Failures by what went wrong (ConnectionRefused, TimedOut, status 503, ...).
+    pub failures: BTreeMap<String, u64>,
+    /// Answers by the `version=` of their body.
+    pub versions: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for TrafficCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent, {} failed {:?}, answered by version {:?}",
+            self.sent, self.failed, self.failures, self.versions
+        )
+    }
+}
+
+/// A client sending `per_second` requests to `addr`, each on a new connection, until
+/// `stop`: the rate holds whatever a slow request does, since each runs on its own thread.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<TrafficCount>>,
+    ticker: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+}
+
+impl Traffic {
+    pub fn start(addr: SocketAddr, per_second: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(TrafficCount::default()));
+        let every = Duration::from_secs(1) / per_second.max(1);
+        let ticker = {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                let mut requests = Vec::new();
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let counts = counts.clone();
+                    requests.push(std::thread::spawn(move || {
+                        let outcome = request(addr, Duration::from_secs(2));
+                        let mut c = counts.lock().unwrap();
+                        c.sent += 1;
+                        match outcome {
+                            Ok(body) => {
+                                let version = body
+                                    .split_whitespace()
+                                    .find_map(|w| w.strip_prefix("version="))
+                                    .unwrap_or("?")
+                                    .to_string();
+                                *c.versions.entry(version).or_default() += 1;
+                            }
+                            Err(why) => {
+                                c.failed += 1;
+                                *c.failures.entry(why).or_default() += 1;
+                            }
+                        }
+                    }));
+                    requests.retain(|r| !r.is_finished());
+                    // Pacing of the client, not a wait on the system under test.
+                    next += every;
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                }
+                requests
+            })
+        };
+        Self {
+            stop,
+            counts,
+            ticker: Some(ticker),
+        }
+    }
+
+    /// The counts so far.
+    pub fn so_far(&self) -> TrafficCount {
+        self.counts.lock().unwrap().clone()
+    }
+
+    /// Stops sending, waits for the requests in flight, and returns the counts.
+    pub fn stop(mut self) -> TrafficCount {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            for r in ticker.join().expect("the traffic client") {
+                let _ = r.join();
+            }
+        }
+        self.so_far()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
