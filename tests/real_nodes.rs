@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use perennial::api::ResilientService;
+use perennial::api::{ReplicaStatus, ResilientService};
 use serde_json::{json, Value};
 use support::pods::*;
 use support::real::*;
@@ -35,6 +35,18 @@ fn testapp_service(
     service(name, replicas, TESTAPP_IMAGE, body)
 }
 
+/// Waits until slot 0's last failure is `reason`; returns its ledger entry.
+async fn wait_judged(api: &Api<ResilientService>, name: &str, reason: &str) -> ReplicaStatus {
+    let what = format!("slot 0 judged {reason}");
+    wait_svc(api, name, &what, POD_TIMEOUT, |svc| {
+        let e = entry(svc, 0).ok_or("no ledger entry yet")?;
+        (e.last_failure.as_ref().map(|f| f.reason.as_str()) == Some(reason))
+            .then(|| e.clone())
+            .ok_or_else(|| ledger(svc))
+    })
+    .await
+}
+
 async fn pod_on(ns: &TestNamespace, name: &str) -> Vec<Pod> {
     pods(ns, &format!("app={name}")).await
 }
@@ -51,20 +63,7 @@ async fn a_container_crashing_under_a_real_kubelet_is_judged_crash_loop_back_off
     let api = create_service(&ns, &svc).await;
 
     // The kubelet's own restart count and back-off are the evidence: nothing plays them.
-    let judged = wait_svc(
-        &api,
-        "crashy",
-        "slot 0 judged CrashLoopBackOff",
-        POD_TIMEOUT,
-        |svc| {
-            let e = entry(svc, 0).ok_or("no ledger entry yet")?;
-            let reason = e.last_failure.as_ref().map(|f| f.reason.clone());
-            (reason.as_deref() == Some("CrashLoopBackOff"))
-                .then(|| e.clone())
-                .ok_or_else(|| ledger(svc))
-        },
-    )
-    .await;
+    let judged = wait_judged(&api, "crashy", "CrashLoopBackOff").await;
     println!("judged: {judged:?}");
     let climbed = wait_svc(
         &api,
@@ -105,14 +104,7 @@ async fn a_container_killed_for_memory_by_a_real_kubelet_is_judged_oom_killed() 
     let svc = service("hog", 1, TESTAPP_IMAGE, testapp_spec("hog", container));
     let api = create_service(&ns, &svc).await;
 
-    let e = wait_svc(&api, "hog", "slot 0 judged OOMKilled", POD_TIMEOUT, |svc| {
-        let e = entry(svc, 0).ok_or("no ledger entry yet")?;
-        let reason = e.last_failure.as_ref().map(|f| f.reason.clone());
-        (reason.as_deref() == Some("OOMKilled"))
-            .then(|| e.clone())
-            .ok_or_else(|| ledger(svc))
-    })
-    .await;
+    let e = wait_judged(&api, "hog", "OOMKilled").await;
     println!("judged: {e:?}");
     let pods = pod_on(&ns, "hog").await;
     let killed = pods.iter().any(|p| {
