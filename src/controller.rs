@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
@@ -21,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::observe::{observe, trim_pod, Caches, Heartbeats};
+use crate::observe::{observe, trim_pod, trim_slice, Caches, Heartbeats, SliceIndex};
 use crate::{act, health, plan};
 
 /// How often a healthy service is looked at even when nothing changes.
@@ -170,6 +171,23 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         watcher::Config::default(),
     );
 
+    // Every slice of the watched namespaces: a pod of ours may be behind any Service.
+    let (slices, slice_events) = cached_trimmed(
+        api::<EndpointSlice>(&client, ns),
+        watcher::Config::default(),
+        trim_slice,
+    );
+    let slice_index = SliceIndex::default();
+    let (index, slice_store) = (slice_index.clone(), slices.clone());
+    let slice_events = slice_events.inspect(move |event| {
+        if let Ok(slice) = event {
+            let ns = slice.namespace().unwrap_or_default();
+            let name = slice.name_any();
+            let current = slice_store.get(&ObjectRef::new(&name).within(&ns));
+            index.refresh(&ns, &name, current.as_deref());
+        }
+    });
+
     let caches = Caches {
         pods: pods.clone(),
         claims,
@@ -180,6 +198,8 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         leases: leases.clone(),
         volumes,
         heartbeats: heartbeats.clone(),
+        slices,
+        slice_index,
     };
     let reporter = Reporter {
         controller: "perennial".into(),
@@ -212,6 +232,19 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         services
     };
 
+    // A slice change may end the drain of a pod of ours whose gate is closed.
+    let pods_in_slices = pods.clone();
+    let slice_to_services = move |slice: EndpointSlice| {
+        let ns = slice.namespace().unwrap_or_default();
+        let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
+            .filter_map(|pod| pods_in_slices.get(&ObjectRef::new(pod).within(&ns)))
+            .filter(|p| matches!(health::gate_of(p), health::Gate::Closed { .. }))
+            .filter_map(|p| by_label(p.as_ref().clone()))
+            .collect();
+        services.dedup();
+        services
+    };
+
     let silent_nodes = node_to_services.clone();
     let controller = Controller::new(
         api::<ResilientService>(&client, ns),
@@ -234,6 +267,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         None::<ObjectRef<ResilientService>>
     })
     .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
+    .watches_stream(slice_events, slice_to_services)
     .shutdown_on_signal();
     // A deletion triggers no pass, so what is kept per service is swept against the store.
     let sweep = tokio::spawn(sweep_deleted(
@@ -284,6 +318,16 @@ async fn sweep_deleted(
         if let Ok(mut failures) = ctx.failures.lock() {
             failures.retain(|object, _| store.get(object).is_some());
         }
+        let uids: std::collections::HashSet<String> = ctx
+            .caches
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        ctx.caches
+            .slice_index
+            .retain_drained(|uid| uids.contains(uid));
     }
 }
 

@@ -172,7 +172,8 @@ impl Metrics {
                     "RebuildStorage"
                 }
                 Action::TaintNode { .. } => "Fence",
-                Action::DeletePod { reason, .. } => {
+                // A repair of a pod that may serve is decided when its drain starts.
+                Action::DeletePod { reason, .. } | Action::CloseGate { reason, .. } => {
                     match ["Restart", "Reschedule"]
                         .into_iter()
                         .find(|k| reason.starts_with(k))

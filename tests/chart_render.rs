@@ -278,7 +278,10 @@ const NAMESPACED: &[(&str, &str, &[&str])] = &[
     ("perennial.dev", "resilientservices", &["list", "watch"]),
     ("perennial.dev", "resilientservices/status", &["patch"]),
     ("perennial.dev", "resilientservices/finalizers", &["update"]),
-    ("", "pods", &["list", "watch", "create", "delete"]),
+    ("", "pods", &["list", "watch", "create", "delete", "patch"]),
+    ("", "pods/status", &["patch"]),
+    ("", "pods/resize", &["patch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     (
         "",
         "persistentvolumeclaims",

@@ -72,7 +72,19 @@ pub fn event_for(action: &Action) -> Option<Event> {
             format!("removed the annotation perennial.dev/abort={value}: the rollout it asked to abort is rolled back, or none is going on"),
             "Update",
         ),
-        Action::ApplyService
+        Action::UpgradeInPlace {
+            name,
+            from,
+            revision,
+        } => (
+            "UpgradedInPlace",
+            format!("patched pod {name} in place from revision {from} to {revision}"),
+            "Update",
+        ),
+        // A drain shows in status (waitingFor); an Event per pod would double the writes.
+        Action::CloseGate { .. }
+        | Action::OpenGate { .. }
+        | Action::ApplyService
         | Action::ApplyDisruptionBudget
         | Action::DeleteRevision { .. }
         | Action::ForgetFence { .. } => {

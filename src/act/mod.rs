@@ -3,6 +3,7 @@
 
 mod events;
 mod fence;
+mod gate;
 mod kill_point;
 
 pub use events::{event_for, event_for_error};
@@ -95,8 +96,9 @@ fn phase_of(action: &Action) -> u8 {
         | Action::ApplyService
         | Action::ApplyDisruptionBudget
         | Action::CreateClaim { .. } => 0,
-        Action::CreatePod { .. } => 1,
+        Action::CreatePod { .. } | Action::OpenGate { .. } | Action::UpgradeInPlace { .. } => 1,
         Action::DeletePod { .. }
+        | Action::CloseGate { .. }
         | Action::DeleteClaim { .. }
         | Action::DeleteRevision { .. }
         | Action::MarkRevisionBad { .. }
@@ -197,6 +199,19 @@ async fn perform(
         Action::DeletePod { name, .. } => {
             delete(Api::<Pod>::namespaced(client.clone(), ns), name).await
         }
+        Action::CloseGate {
+            name,
+            upgrade,
+            reason,
+        } => gate::set(client, ns, name, false, *upgrade, reason).await,
+        Action::OpenGate { name } => {
+            gate::set(client, ns, name, true, false, "ready to serve").await
+        }
+        Action::UpgradeInPlace {
+            name,
+            from,
+            revision,
+        } => gate::upgrade(client, ns, svc, templates, name, from, revision).await,
         Action::DeleteClaim { name } => {
             delete(
                 Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),

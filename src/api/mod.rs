@@ -4,6 +4,7 @@
 //! talks to a server. The CRD YAML in `crds/` is generated from these types.
 
 pub mod reference;
+mod replacement;
 mod spec;
 mod stamp;
 mod status;
@@ -11,6 +12,7 @@ pub mod template;
 #[cfg(test)]
 mod tests;
 
+pub use replacement::*;
 pub use spec::*;
 pub use stamp::{
     crd, schema_hash, schema_hash_of, ANNOTATION_SCHEMA_HASH, ANNOTATION_VERSION, VERSION,
@@ -27,6 +29,9 @@ pub const LABEL_SERVICE: &str = "perennial.dev/service";
 pub const LABEL_SLOT: &str = "perennial.dev/slot";
 /// The template revision a pod was built from.
 pub const LABEL_REVISION: &str = "perennial.dev/revision";
+/// The readiness gate of every pod the operator creates: True while the pod may serve,
+/// False while it is drained before a delete or an in-place upgrade.
+pub const GATE_SERVING: &str = "perennial.dev/serving";
 /// Every label key the operator reserves for itself.
 pub const RESERVED_LABELS: [&str; 3] = [LABEL_SERVICE, LABEL_SLOT, LABEL_REVISION];
 

@@ -147,6 +147,10 @@ pub struct ResilientServiceSpec {
     #[serde(default)]
     pub update: UpdateSpec,
 
+    /// How a pod that may be serving is drained before it is deleted or upgraded in place.
+    #[serde(default)]
+    pub drain: super::Drain,
+
     /// Restart intensity and escalation, as an Erlang/OTP supervisor does it.
     #[serde(default)]
     pub supervision: Supervision,
@@ -339,6 +343,16 @@ pub struct UpdateSpec {
     /// revision that was fully available; `Manual` stops and marks the service Degraded.
     #[serde(default)]
     pub rollback: RollbackPolicy,
+
+    /// `IfPossible` upgrades running pods in place where the new template allows it;
+    /// `Never` (default) replaces them.
+    #[serde(default)]
+    pub in_place: super::InPlacePolicy,
+
+    /// Whether a pod that is shutting down still counts toward `replicas + maxSurge`:
+    /// `TerminationStarted` (default) or `TerminationComplete`.
+    #[serde(default)]
+    pub pod_replacement_policy: super::PodReplacementPolicy,
 }
 
 impl Default for UpdateSpec {
@@ -352,6 +366,8 @@ impl Default for UpdateSpec {
             partition: 0,
             canary: None,
             rollback: RollbackPolicy::default(),
+            in_place: super::InPlacePolicy::default(),
+            pod_replacement_policy: super::PodReplacementPolicy::default(),
         }
     }
 }

@@ -2,14 +2,14 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{
-    Affinity, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec,
-    TopologySpreadConstraint, Volume,
+    Affinity, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity,
+    PodReadinessGate, PodSpec, TopologySpreadConstraint, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ObjectMeta;
 
 use super::{claim_name, name, owner_reference, selector_labels, service_name};
-use crate::api::{ResilientService, WhenUnsatisfiable, LABEL_REVISION, LABEL_SLOT};
+use crate::api::{ResilientService, WhenUnsatisfiable, GATE_SERVING, LABEL_REVISION, LABEL_SLOT};
 
 /// The node label one-per-node anti-affinity spreads over.
 const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
@@ -37,6 +37,23 @@ pub fn second_pod_name(svc: &ResilientService, ordinal: i32, revision: &str) -> 
     format!("{}-b", pod_name(svc, ordinal, revision))
 }
 
+/// The name a new pod of slot `ordinal` at `revision` gets: the first of its two names no
+/// pod in `taken` holds. A pod upgraded in place keeps the name it was created with, so a
+/// slot can hold a pod named for another revision than the one it runs.
+pub fn free_pod_name(
+    svc: &ResilientService,
+    ordinal: i32,
+    revision: &str,
+    taken: &[&str],
+) -> Option<String> {
+    [
+        pod_name(svc, ordinal, revision),
+        second_pod_name(svc, ordinal, revision),
+    ]
+    .into_iter()
+    .find(|n| !taken.contains(&n.as_str()))
+}
+
 /// The pod of slot `ordinal` at `revision`, built from that revision's `template`.
 pub fn desired_pod(
     svc: &ResilientService,
@@ -55,6 +72,14 @@ pub fn desired_pod(
     spec.subdomain = Some(service_name(svc));
     attach_claims(svc, ordinal, &mut spec);
     spread(svc, &mut spec);
+    // The operator's readiness gate: a pod serves only once the operator says so, and stops
+    // serving before the operator deletes it or upgrades it in place.
+    let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
+    if !gates.iter().any(|g| g.condition_type == GATE_SERVING) {
+        gates.push(PodReadinessGate {
+            condition_type: GATE_SERVING.to_string(),
+        });
+    }
 
     Pod {
         metadata: ObjectMeta {

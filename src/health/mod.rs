@@ -3,6 +3,7 @@
 mod assess;
 mod node;
 mod pod;
+mod serving;
 
 pub use assess::{assess, Assessment, ClaimView, FenceView, PodView, RevisionView, ServiceState};
 pub use node::{
@@ -10,3 +11,7 @@ pub use node::{
     SUSPECT_AFTER_SECONDS,
 };
 pub use pod::{judge_pod, PodState, UNSCHEDULABLE_GRACE};
+pub use serving::{
+    gate_of, normalize_image, Closed, Gate, Listing, Serving, GATE_OPEN, GATE_RETIRING,
+    GATE_UPGRADING,
+};

@@ -33,6 +33,9 @@ pub enum PodState {
     Failed { reason: String, message: String },
     /// Being deleted.
     Terminating,
+    /// Drained to be deleted: its readiness gate was closed at `since`, and it is deleted
+    /// once no EndpointSlice shows it ready. It serves nobody any more; it still exists.
+    Retiring { since: Timestamp },
     /// Its node is lost: whatever the pod's last status said, nothing runs it any more (or
     /// nobody can tell). `fenced` when the node is known down for good.
     OnLostNode { message: String, fenced: bool },
@@ -50,6 +53,7 @@ impl PodState {
             | PodState::ImagePullFailing { .. }
             | PodState::Failed { .. } => "Failing",
             PodState::Terminating => "Terminating",
+            PodState::Retiring { .. } => "Draining",
             PodState::OnLostNode { .. } => "OnLostNode",
         }
     }
@@ -74,6 +78,11 @@ impl PodState {
 
     pub fn is_ready(&self) -> bool {
         matches!(self, PodState::Ready { .. })
+    }
+
+    /// On its way out: deleted, or drained to be deleted. Nothing plans with such a pod.
+    pub fn is_leaving(&self) -> bool {
+        matches!(self, PodState::Terminating | PodState::Retiring { .. })
     }
 }
 

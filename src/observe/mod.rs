@@ -1,8 +1,10 @@
 //! Reading what exists into plain data. The reads come from shared watch caches, so a
 //! reconcile costs the API server nothing.
 
+mod endpoints;
 mod heartbeats;
 
+pub use endpoints::{trim_slice, SliceIndex};
 pub use heartbeats::Heartbeats;
 
 use std::collections::BTreeMap;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -32,6 +35,9 @@ pub struct Caches {
     pub volumes: Store<PersistentVolume>,
     /// What the operator itself has seen of the node leases.
     pub heartbeats: Heartbeats,
+    /// EndpointSlices (trimmed), and the index by pod the slice watch keeps of them.
+    pub slices: Store<EndpointSlice>,
+    pub slice_index: SliceIndex,
 }
 
 impl Caches {
@@ -46,6 +52,7 @@ impl Caches {
             self.nodes.wait_until_ready(),
             self.leases.wait_until_ready(),
             self.volumes.wait_until_ready(),
+            self.slices.wait_until_ready(),
         );
     }
 }
@@ -74,6 +81,11 @@ pub struct Observed {
     /// For each node whose fence record names this service, the pods of ours (of every
     /// service the pod cache holds) bound to it: what its fence may still be needed for.
     pub pods_on_fenced_nodes: BTreeMap<String, Vec<Arc<Pod>>>,
+    /// How the EndpointSlices of Services that route by readiness list each pod of the
+    /// service, by pod name; a pod in none is absent.
+    pub listings: BTreeMap<String, crate::health::Listing>,
+    /// Pods drained with their gate closed, by name: since when the operator saw them so.
+    pub drained: BTreeMap<String, jiff::Timestamp>,
 }
 
 /// Collects what exists for `svc` from the caches.
@@ -128,13 +140,17 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             Some((v, pv))
         })
         .collect();
+    let pods: Vec<Arc<Pod>> = caches
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| controlled(p.meta()))
+        .collect();
+    let (listings, drained) = drains(&namespace, &pods, caches, now);
     Observed {
-        pods: caches
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| controlled(p.meta()))
-            .collect(),
+        pods,
+        listings,
+        drained,
         claims,
         revisions: caches
             .revisions
@@ -156,6 +172,36 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         leases,
         volumes,
     }
+}
+
+/// How the slices list each pod, and since when each pod with a closed gate is drained.
+type Drains = (
+    BTreeMap<String, crate::health::Listing>,
+    BTreeMap<String, jiff::Timestamp>,
+);
+
+fn drains(namespace: &str, pods: &[Arc<Pod>], caches: &Caches, now: jiff::Timestamp) -> Drains {
+    use crate::health::{gate_of, Gate, Listing};
+    let mut listings = BTreeMap::new();
+    let mut drained = BTreeMap::new();
+    for pod in pods {
+        let name = pod.name_any();
+        let listing = caches
+            .slice_index
+            .listing(namespace, &name, &caches.services);
+        let closed = matches!(gate_of(pod), Gate::Closed { .. });
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let since = caches
+            .slice_index
+            .drained_since(uid, closed && listing != Listing::Ready, now);
+        if let Some(since) = since {
+            drained.insert(name.clone(), since);
+        }
+        if listing != Listing::Unlisted {
+            listings.insert(name, listing);
+        }
+    }
+    (listings, drained)
 }
 
 /// For each node `svc` fenced (its record names the service), the pods of ours bound to it.
@@ -184,14 +230,28 @@ fn pods_on_fenced_nodes(
 }
 
 /// Keeps of a pod what the operator reads: its metadata but annotations, the node it is
-/// bound to, and its status. The rest of the spec (containers, volumes, tolerations, the
-/// projected token volume) is most of a pod's size, and the operator builds pods from its
-/// ControllerRevisions, never from other pods: at 10,000 pods this is most of its memory.
+/// bound to, its readiness gates, each container's name, image and resources (whether an
+/// in-place upgrade has been carried out), and its status. The rest of the spec (commands,
+/// env, volumes, tolerations, the projected token volume) is most of a pod's size, and the
+/// operator builds pods from its ControllerRevisions, never from other pods: at 10,000
+/// pods this is most of its memory.
 pub fn trim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
     pod.metadata.annotations = None;
     if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        pod.spec = Some(PodSpec {
             node_name: spec.node_name,
+            readiness_gates: spec.readiness_gates,
+            containers: spec
+                .containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    image: c.image,
+                    resources: c.resources,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         });
     }

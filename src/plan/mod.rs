@@ -1,6 +1,7 @@
 //! The brain: (spec, what was judged, now) → actions and status. Pure.
 
 mod conditions;
+mod drain;
 mod refused;
 mod repair;
 mod revisions;
@@ -42,8 +43,26 @@ pub enum Action {
         revision: String,
         name: String,
     },
-    /// Delete a pod; `reason` goes to the Event.
+    /// Delete a pod; `reason` goes to the Event. A pod that may be serving is drained
+    /// first (CloseGate), and deleted on a later pass.
     DeletePod { name: String, reason: String },
+    /// Set the pod's readiness gate False, so that EndpointSlices stop routing to it, before
+    /// it is deleted or (`upgrade`) upgraded in place; `reason` says why.
+    CloseGate {
+        name: String,
+        upgrade: bool,
+        reason: String,
+    },
+    /// Set the pod's readiness gate True: its containers are ready, and it may serve.
+    OpenGate { name: String },
+    /// Move a pod to `revision` in place (spec.update.inPlace): images, labels,
+    /// annotations and resources are patched, and its kubelet restarts what changed. A pod
+    /// that may be serving is drained first.
+    UpgradeInPlace {
+        name: String,
+        from: String,
+        revision: String,
+    },
     /// Delete a claim (only where the retention policy says so).
     DeleteClaim { name: String },
     /// Delete a revision beyond revisionHistoryLimit.
@@ -112,21 +131,39 @@ pub fn plan(svc: &ResilientService, seen: &Assessment) -> Plan {
     actions.extend(repairs.actions.iter().cloned());
     let mut actions = normalize(actions);
     refused::drop_refused_creates(&mut actions, seen);
-    let (status, requeue_after) = status::compute(svc, seen, &update_revision, &decision, &repairs);
+    let drained = drain::gate(svc, seen, actions);
+    let (status, requeue_after) =
+        status::compute(svc, seen, &update_revision, &decision, &repairs, &drained);
     Plan {
-        actions,
+        actions: drained.actions,
         status,
         requeue_after,
     }
 }
 
-/// One action per object: a forced delete wins over a plain one, repeats go.
+/// One action per object: a forced delete wins over a plain one, an upgrade in place over a
+/// plain delete (a repair of a pod the rollout moves to a revision that works), repeats go.
 fn normalize(actions: Vec<Action>) -> Vec<Action> {
     let forced: Vec<String> = actions
         .iter()
         .filter_map(|a| match a {
             Action::ForceDeletePod { name, .. } => Some(name.clone()),
             _ => None,
+        })
+        .collect();
+    let upgraded: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::UpgradeInPlace { name, .. } if !forced.contains(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let actions: Vec<Action> = actions
+        .into_iter()
+        .filter(|a| match a {
+            Action::DeletePod { name, .. } => !upgraded.contains(name),
+            Action::UpgradeInPlace { name, .. } => !forced.contains(name),
+            _ => true,
         })
         .collect();
     let mut out: Vec<Action> = Vec::with_capacity(actions.len());

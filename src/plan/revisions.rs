@@ -23,11 +23,18 @@ pub(super) fn plan(
         }),
         Some(_) => {}
     }
-    // Revisions in use by a pod, and the update revision, are never trimmed.
+    // Revisions in use by a pod, the update revision, and the stable one a rollback
+    // returns to (status.currentRevision) are never trimmed: once the stable revision's
+    // pods are all replaced, its record is the only way back.
+    let current = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref());
     let mut old: Vec<_> = seen
         .revisions
         .iter()
-        .filter(|r| r.name != update_revision && !seen.pods.iter().any(|p| p.revision == r.name))
+        .filter(|r| r.name != update_revision && Some(r.name.as_str()) != current)
+        .filter(|r| !seen.pods.iter().any(|p| p.revision == r.name))
         .collect();
     old.sort_by_key(|r| std::cmp::Reverse(r.number));
     let keep = usize::try_from(svc.spec.revision_history_limit).unwrap_or(0);

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::rollout::Targets;
 use super::{Action, MAX_CREATES_PER_PASS};
-use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService, UpdateStrategy};
+use crate::api::{
+    ClaimRetention, PodManagementPolicy, PodReplacementPolicy, ResilientService, UpdateStrategy,
+};
 use crate::build;
 use crate::health::{Assessment, PodState, PodView};
 
@@ -56,17 +58,11 @@ pub(super) fn plan(
         // shares nothing, and its replacement starts while the old pod terminates, under
         // whichever of its two names is free.
         let claim_leaving = seen.claims.iter().any(|c| c.slot == ordinal && c.deleting);
-        let vacant =
-            pods.is_empty() || (stateless && pods.iter().all(|p| p.state == PodState::Terminating));
+        let vacant = pods.is_empty() || (stateless && pods.iter().all(|p| p.state.is_leaving()));
         if vacant && !claim_leaving {
             let revision = targets.revision_for(ordinal);
-            let name = [
-                build::pod_name(svc, ordinal, revision),
-                build::second_pod_name(svc, ordinal, revision),
-            ]
-            .into_iter()
-            .find(|n| !pods.iter().any(|p| &p.name == n));
-            let Some(name) = name else {
+            let taken: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+            let Some(name) = build::free_pod_name(svc, ordinal, revision, &taken) else {
                 continue;
             };
             if ordered && !predecessors_ready(&by_slot, ordinal) {
@@ -80,13 +76,13 @@ pub(super) fn plan(
     let mut excess: Vec<&PodView> = seen
         .pods
         .iter()
-        .filter(|p| p.slot >= replicas && p.state != PodState::Terminating)
+        .filter(|p| p.slot >= replicas && !p.state.is_leaving())
         .collect();
     excess.sort_by_key(|p| std::cmp::Reverse(p.slot));
     let terminating_excess = seen
         .pods
         .iter()
-        .any(|p| p.slot >= replicas && p.state == PodState::Terminating);
+        .any(|p| p.slot >= replicas && p.state.is_leaving());
     let take = if ordered {
         usize::from(!terminating_excess)
     } else {
@@ -99,21 +95,34 @@ pub(super) fn plan(
         });
     }
 
-    // Never more live pods than replicas: pods still leaving hold their place until gone.
+    // Never more live pods than replicas. A pod being drained still holds its place; one
+    // whose deletion has started holds it only under TerminationComplete.
+    // A pod that may serve is drained before it is deleted (plan::drain): it stays a while.
     let deleting: Vec<&str> = actions
         .iter()
         .chain(moves)
         .filter_map(|a| match a {
-            Action::DeletePod { name, .. } | Action::ForceDeletePod { name, .. } => {
-                Some(name.as_str())
+            Action::ForceDeletePod { name, .. } => Some(name.as_str()),
+            Action::DeletePod { name, .. } => {
+                let drained = seen
+                    .pods
+                    .iter()
+                    .any(|p| &p.name == name && super::drain::may_serve(p));
+                (!drained).then_some(name.as_str())
             }
             _ => None,
         })
         .collect();
+    let until_gone =
+        svc.spec.update.pod_replacement_policy == PodReplacementPolicy::TerminationComplete;
     let staying = seen
         .pods
         .iter()
-        .filter(|p| !matches!(p.state, PodState::Terminating | PodState::Failed { .. }))
+        .filter(|p| match p.state {
+            PodState::Terminating => until_gone,
+            PodState::Failed { .. } => false,
+            _ => true,
+        })
         .filter(|p| !deleting.contains(&p.name.as_str()))
         .count();
     let surging = moves

@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{merge_conditions, Decided};
+use super::drain::Drained;
 use super::repair::{slot_failure, window, RepairPlan};
 use super::resolve;
 use super::rollout::Decision;
@@ -20,6 +21,7 @@ pub(super) fn compute(
     update_revision: &str,
     rollout: &Decision,
     repairs: &RepairPlan,
+    drained: &Drained,
 ) -> (ResilientServiceStatus, Option<Duration>) {
     let previous = svc.status.clone().unwrap_or_default();
     let desired = svc.spec.replicas.max(0);
@@ -133,7 +135,7 @@ pub(super) fn compute(
             .or_else(|| repairs.degraded.clone())
             .unwrap_or_else(|| degraded(svc, seen, &failures, &domains, desired)),
     );
-    if let Some(r) = repairs.requeue {
+    for r in [repairs.requeue, drained.requeue].into_iter().flatten() {
         requeue = Some(requeue.map_or(r, |q| q.min(r)));
     }
     // The rollout's own verdicts (deadline exceeded, rolled back) override the counts.
@@ -170,8 +172,14 @@ pub(super) fn compute(
         domains,
         reason,
         conditions,
-        rollout: rollout.status.clone(),
-        replica_statuses: ledger(svc, &previous, seen, repairs, &mut requeue),
+        rollout: rollout.status.clone().map(|mut r| {
+            // A rollout that waits for nothing else waits for its drains.
+            if r.waiting_for.is_none() {
+                r.waiting_for = drained.waits.values().next().cloned();
+            }
+            r
+        }),
+        replica_statuses: ledger(svc, &previous, seen, repairs, drained, &mut requeue),
     };
     (status, requeue)
 }
@@ -255,6 +263,7 @@ fn ledger(
     previous: &ResilientServiceStatus,
     seen: &Assessment,
     repairs: &RepairPlan,
+    drained: &Drained,
     requeue: &mut Option<Duration>,
 ) -> Vec<ReplicaStatus> {
     let desired = svc.spec.replicas.max(0);
@@ -265,7 +274,10 @@ fn ledger(
                 .replica_statuses
                 .iter()
                 .find(|r| r.ordinal == ordinal);
-            let note = repairs.notes.get(&ordinal).cloned().unwrap_or_default();
+            let mut note = repairs.notes.get(&ordinal).cloned().unwrap_or_default();
+            if note.waiting_for.is_none() {
+                note.waiting_for = drained.waits.get(&ordinal).cloned();
+            }
             let pod = seen
                 .pods
                 .iter()

@@ -11,6 +11,7 @@ use crate::api::{ClaimRetention, PodManagementPolicy, ResilientService};
 use crate::build::{pod_name, revision_name};
 use crate::health::{Assessment, ClaimView, PodState, PodView, RevisionView, ServiceState};
 
+mod drain;
 mod properties;
 mod refusals;
 mod repairs;
@@ -54,6 +55,7 @@ fn ready_pod(svc: &ResilientService, slot: i32, revision: &str) -> PodView {
         state: PodState::Ready {
             since: Timestamp::from_second(1_700_000_000).unwrap(),
         },
+        serving: Default::default(),
     }
 }
 
@@ -76,6 +78,7 @@ fn converged(svc: &ResilientService) -> Assessment {
             number: 1,
             bad: false,
             intact: true,
+            in_place_key: None,
         }],
         refused: BTreeMap::new(),
         service: ServiceState::Ours { up_to_date: true },
@@ -120,6 +123,7 @@ fn new_template(
         number,
         bad: false,
         intact: true,
+        in_place_key: None,
     });
     name
 }
@@ -162,6 +166,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                         number: *number,
                         bad: false,
                         intact: true,
+                        in_place_key: None,
                     });
                 }
             }
@@ -185,6 +190,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                         revision: revision.clone(),
                         node: None,
                         state: PodState::Pending,
+                        serving: Default::default(),
                     });
                 }
             }
@@ -192,6 +198,36 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                 next.strays.retain(|s| s != name);
                 for p in next.pods.iter_mut().filter(|p| &p.name == name) {
                     p.state = PodState::Terminating;
+                }
+            }
+            Action::CloseGate { name, upgrade, .. } => {
+                for p in next.pods.iter_mut().filter(|p| &p.name == name) {
+                    let why = if *upgrade {
+                        crate::health::Closed::Upgrade
+                    } else {
+                        crate::health::Closed::Retire
+                    };
+                    p.serving.gate = crate::health::Gate::Closed {
+                        since: seen.now,
+                        why,
+                    };
+                    // A closed gate makes the pod unready at once, as far as plans go.
+                    p.state = if *upgrade {
+                        PodState::NotReady { since: seen.now }
+                    } else {
+                        PodState::Retiring { since: seen.now }
+                    };
+                }
+            }
+            Action::OpenGate { name } => {
+                for p in next.pods.iter_mut().filter(|p| &p.name == name) {
+                    p.serving.gate = crate::health::Gate::Open;
+                }
+            }
+            Action::UpgradeInPlace { name, revision, .. } => {
+                for p in next.pods.iter_mut().filter(|p| &p.name == name) {
+                    p.revision = revision.clone();
+                    p.state = PodState::Starting;
                 }
             }
             Action::DeleteClaim { name } => {
@@ -568,6 +604,7 @@ fn revision_history_is_trimmed_to_the_limit_but_never_below_what_pods_use() {
             number: n,
             bad: false,
             intact: true,
+            in_place_key: None,
         });
     }
     seen.pods.push(PodView {

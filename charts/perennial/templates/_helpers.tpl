@@ -103,6 +103,15 @@ No get: every read comes from a watch cache.
 - apiGroups: [""]
   resources: ["pods", "persistentvolumeclaims"]
   verbs: ["list", "watch", "create", "delete"]
+# The readiness gate (pods/status), in-place upgrades (pods: images, labels, annotations;
+# pods/resize: CPU and memory).
+- apiGroups: [""]
+  resources: ["pods", "pods/status", "pods/resize"]
+  verbs: ["patch"]
+# What a drain waits on: whether any EndpointSlice still shows a pod ready.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch"]

@@ -22,6 +22,7 @@ pub fn revisions(svc: &ResilientService, observed: &Observed) -> Vec<RevisionVie
             intact: build::recorded_template(r).is_some_and(|t| {
                 r.name_any() == format!("{}-{}", svc.name_any(), build::template_hash(&t))
             }),
+            in_place_key: build::recorded_template(r).map(|t| build::in_place_key(&t)),
         })
         .collect()
 }

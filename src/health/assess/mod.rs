@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use crate::api::ResilientService;
 use crate::observe::Observed;
 
-use super::PodState;
+use super::{PodState, Serving};
 
 pub use fences::FenceView;
 pub use nodes::NodeJudge;
@@ -30,6 +30,8 @@ pub struct PodView {
     pub revision: String,
     pub node: Option<String>,
     pub state: PodState,
+    /// Its readiness gate, how the EndpointSlices list it, whether it runs its spec.
+    pub serving: Serving,
 }
 
 /// One claim of the service.
@@ -54,6 +56,9 @@ pub struct RevisionView {
     /// Its record is the template its name says (the name carries the template's hash).
     /// Data cannot be edited, but a revision can be deleted and made again by someone else.
     pub intact: bool,
+    /// build::in_place_key of its template: revisions with equal keys differ only in what a
+    /// running pod can be changed in place to.
+    pub in_place_key: Option<String>,
 }
 
 /// Whether the named headless Service exists, and whose it is.

@@ -135,6 +135,7 @@ mod tests {
             revision: "r".into(),
             node: Some(node.into()),
             state: PodState::Starting,
+            serving: Default::default(),
         }
     }
 

@@ -5,7 +5,7 @@ use kube::ResourceExt;
 
 use super::{NodeJudge, PodView};
 use crate::api::{LABEL_REVISION, LABEL_SLOT};
-use crate::health::{judge_pod, NodeHealth, PodState};
+use crate::health::{judge_pod, Closed, Gate, NodeHealth, PodState, Serving};
 use crate::observe::Observed;
 
 /// The pods, sorted by slot and name, and the names of the strays.
@@ -20,18 +20,42 @@ pub fn pods(observed: &Observed, judge: &NodeJudge) -> (Vec<PodView>, Vec<String
             (Some(slot), Some(revision)) if slot >= 0 => {
                 let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
                 // Whatever a pod's last status says, nothing runs it once its node is lost.
+                let name = pod.name_any();
+                let mut serving = Serving::of(pod);
+                serving.listing = observed.listings.get(&name).copied().unwrap_or_default();
+                serving.drained_since = observed.drained.get(&name).copied();
                 let state = match node.as_deref().map(|n| judge.health(n)) {
                     Some(NodeHealth::Lost { message, fenced }) => {
                         PodState::OnLostNode { message, fenced }
                     }
-                    _ => judge_pod(pod),
+                    _ => match (judge_pod(pod), serving.gate) {
+                        // Once drained to be deleted, whatever it does next changes nothing.
+                        (
+                            state,
+                            Gate::Closed {
+                                since,
+                                why: Closed::Retire,
+                            },
+                        ) if state != PodState::Terminating => PodState::Retiring { since },
+                        // Ready needs the gate open, whatever a stale status says, and
+                        // after an in-place patch the containers on the new spec.
+                        (PodState::Ready { since }, Gate::Closed { since: closed, .. }) => {
+                            PodState::NotReady {
+                                since: since.max(closed),
+                            }
+                        }
+                        (PodState::Ready { .. }, Gate::Unset) => PodState::Starting,
+                        (PodState::Ready { .. }, _) if !serving.current => PodState::Starting,
+                        (state, _) => state,
+                    },
                 };
                 pods.push(PodView {
-                    name: pod.name_any(),
+                    name,
                     slot,
                     revision,
                     node,
                     state,
+                    serving,
                 })
             }
             _ => strays.push(pod.name_any()),
@@ -98,5 +122,67 @@ mod tests {
             PodState::OnLostNode { fenced: true, .. }
         ));
         assert_eq!(pods[1].node.as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn a_pod_whose_gate_is_not_open_or_that_runs_an_old_spec_is_not_ready_whatever_its_status_says()
+    {
+        let gated = |conditions: serde_json::Value, status_image: &str| {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns",
+                    "labels": {"perennial.dev/slot": "0", "perennial.dev/revision": "r"}},
+                "spec": {"nodeName": "n1", "readinessGates": [{"conditionType": crate::api::GATE_SERVING}],
+                    "containers": [{"name": "app", "image": "app:2"}]},
+                "status": {"phase": "Running", "conditions": conditions,
+                    "containerStatuses": [{"name": "app", "image": status_image, "imageID": "",
+                        "ready": true, "restartCount": 0, "started": true}]}
+            }))
+            .unwrap();
+            let observed = Observed {
+                pods: vec![std::sync::Arc::new(pod)],
+                nodes: [("n1".to_string(), node("n1", "a"))].into_iter().collect(),
+                leases: [("n1".to_string(), lease("n1", NOW - 1))]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            };
+            pods(&observed, &NodeJudge::new(&svc(), &observed, at(NOW))).0[0]
+                .state
+                .clone()
+        };
+        let ready = serde_json::json!({"type": "Ready", "status": "True",
+            "lastTransitionTime": at(NOW - 100).to_string()});
+        let gate = |status: &str, reason: &str| {
+            serde_json::json!({"type": crate::api::GATE_SERVING,
+            "status": status, "reason": reason, "lastTransitionTime": at(NOW - 10).to_string()})
+        };
+        assert!(gated(serde_json::json!([ready, gate("True", "Serving")]), "app:2").is_ready());
+        assert_eq!(
+            gated(
+                serde_json::json!([ready, gate("False", "Upgrading")]),
+                "app:2"
+            ),
+            PodState::NotReady {
+                since: at(NOW - 10)
+            }
+        );
+        assert_eq!(
+            gated(
+                serde_json::json!([ready, gate("False", "Retiring")]),
+                "app:2"
+            ),
+            PodState::Retiring {
+                since: at(NOW - 10)
+            }
+        );
+        assert_eq!(
+            gated(serde_json::json!([ready]), "app:2"),
+            PodState::Starting
+        );
+        assert_eq!(
+            gated(serde_json::json!([ready, gate("True", "Serving")]), "app:1"),
+            PodState::Starting,
+            "patched in place, not yet restarted"
+        );
     }
 }

@@ -48,6 +48,7 @@ pub fn converged(svc: &ResilientService) -> Assessment {
                 revision: rev.clone(),
                 node: Some(format!("node-{}", slot % 3)),
                 state: PodState::Ready { since: ago(1000) },
+                serving: Default::default(),
             })
             .collect(),
         strays: vec![],
@@ -70,6 +71,7 @@ pub fn converged(svc: &ResilientService) -> Assessment {
             number: 1,
             bad: false,
             intact: true,
+            in_place_key: None,
         }],
         refused: Default::default(),
         service: ServiceState::Ours { up_to_date: true },

@@ -7,6 +7,7 @@
 //! replace within the floor and the ceiling.
 
 mod canary;
+mod in_place;
 mod moves;
 mod progress;
 mod stable;
@@ -78,8 +79,9 @@ fn is_available(pod: &PodView, now: Timestamp, min_ready: i64) -> bool {
     }
 }
 
+/// Not on its way out (deleted, or drained to be deleted) and not ended.
 fn live(pod: &PodView) -> bool {
-    !matches!(pod.state, PodState::Terminating | PodState::Failed { .. })
+    !pod.state.is_leaving() && !matches!(pod.state, PodState::Failed { .. })
 }
 
 /// Decides the targets: the update revision, unless it failed, was aborted, or the rollout

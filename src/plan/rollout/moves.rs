@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use super::in_place::InPlace;
 use super::{is_available, live, Targets};
-use crate::api::{ResilientService, UpdateStrategy};
+use crate::api::{PodReplacementPolicy, ResilientService, UpdateStrategy};
 use crate::health::{Assessment, PodState, PodView};
 use crate::plan::{resolve, Action};
 
@@ -49,13 +50,20 @@ pub(in crate::plan) fn moves(
                 .is_some_and(|pods| pods.iter().any(|p| live(p)))
         })
         .count() as i32;
+    // The ceiling counts every pod that has not started to terminate (drained ones
+    // included), and under TerminationComplete the terminating ones too.
+    let until_gone =
+        svc.spec.update.pod_replacement_policy == PodReplacementPolicy::TerminationComplete;
     let mut alive = seen
         .pods
         .iter()
-        .filter(|p| p.state != PodState::Terminating)
+        .filter(|p| until_gone || p.state != PodState::Terminating)
         .count() as i32
         + vacant;
     let floor = replicas - max_unavailable;
+    // A pod upgraded in place is down while its kubelet restarts it, and no surge pod covers
+    // for it: one at a time at least, as with slots that have storage.
+    let in_place_floor = replicas - max_unavailable.max(1);
     let mut actions = Vec::new();
 
     // Old pods to move, worst first: unavailable before available, then highest ordinal.
@@ -121,11 +129,33 @@ pub(in crate::plan) fn moves(
             .iter()
             .any(|p| p.state == PodState::Terminating && p.revision == targets.target);
     candidates.sort_by_key(|(avail, slot, _)| (*avail, std::cmp::Reverse(*slot)));
+    let taken = |slot: i32| -> Vec<&str> {
+        by_slot
+            .get(&slot)
+            .map(|pods| pods.iter().map(|p| p.name.as_str()).collect())
+            .unwrap_or_default()
+    };
+    let upgrade = InPlace::new(svc, seen);
     for (was_available, slot, old) in candidates {
         let target = targets.revision_for(slot);
         if retreating && target == targets.target {
             continue;
         }
+        if upgrade.possible(old, target) {
+            // The pod itself moves: no surge, one unavailable replica while it restarts.
+            if !was_available || available > in_place_floor {
+                actions.push(Action::UpgradeInPlace {
+                    name: old.name.clone(),
+                    from: old.revision.clone(),
+                    revision: target.to_string(),
+                });
+                available -= i32::from(was_available);
+            }
+            continue;
+        }
+        let Some(name) = crate::build::free_pod_name(svc, slot, target, &taken(slot)) else {
+            continue;
+        };
         if !was_available {
             // Already down: replacing it costs no availability.
             actions.push(Action::DeletePod {
@@ -136,7 +166,7 @@ pub(in crate::plan) fn moves(
                 actions.push(Action::CreatePod {
                     ordinal: slot,
                     revision: target.to_string(),
-                    name: crate::build::pod_name(svc, slot, target),
+                    name,
                 });
                 alive += 1;
             }
@@ -145,7 +175,7 @@ pub(in crate::plan) fn moves(
             actions.push(Action::CreatePod {
                 ordinal: slot,
                 revision: target.to_string(),
-                name: crate::build::pod_name(svc, slot, target),
+                name,
             });
             alive += 1;
         } else if available > floor {

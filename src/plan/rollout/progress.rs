@@ -247,6 +247,7 @@ mod tests {
             revision: "web-2".into(),
             node: None,
             state,
+            serving: Default::default(),
         }
     }
 

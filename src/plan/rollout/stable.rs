@@ -117,6 +117,7 @@ mod tests {
                     revision: rev.to_string(),
                     node: None,
                     state: state.clone(),
+                    serving: Default::default(),
                 })
                 .collect(),
             strays: vec![],
@@ -129,6 +130,7 @@ mod tests {
                     number,
                     bad: false,
                     intact: true,
+                    in_place_key: None,
                 })
                 .collect(),
             refused: Default::default(),

@@ -26,13 +26,55 @@ pub(super) fn arb_state() -> impl Strategy<Value = PodState> {
     ]
 }
 
+/// A pod's readiness gate, how the slices list it, and whether it was seen drained.
+pub(super) fn arb_serving() -> impl Strategy<Value = crate::health::Serving> {
+    use crate::health::{Closed, Gate, Listing, Serving};
+    let t = |s: i64| Timestamp::from_second(s).unwrap();
+    let gate = prop_oneof![
+        Just(Gate::Absent),
+        Just(Gate::Unset),
+        Just(Gate::Open),
+        (0..60i64, any::<bool>()).prop_map(move |(ago, upgrade)| Gate::Closed {
+            since: t(now().as_second() - ago),
+            why: if upgrade {
+                Closed::Upgrade
+            } else {
+                Closed::Retire
+            },
+        }),
+    ];
+    let listing = prop_oneof![
+        Just(Listing::Unlisted),
+        Just(Listing::Ready),
+        Just(Listing::NotReady)
+    ];
+    (
+        gate,
+        listing,
+        proptest::option::of(0..10i64),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(gate, listing, drained_ago, containers_ready, current)| Serving {
+                gate,
+                listing,
+                drained_since: drained_ago.map(|a| t(now().as_second() - a)),
+                containers_ready,
+                current,
+            },
+        )
+}
+
 prop_compose! {
     pub(super) fn arb_case()(
         replicas in 0..7i32,
         storage in any::<bool>(),
         delete_on_scale in any::<bool>(),
         ordered in any::<bool>(),
-        pods in proptest::collection::vec((0..9i32, any::<bool>(), arb_state()), 0..14),
+        pods in proptest::collection::vec((0..9i32, any::<bool>(), arb_state(), arb_serving()), 0..14),
+        in_place in any::<bool>(),
+        until_gone in any::<bool>(),
         claims in proptest::collection::vec(0..9i32, 0..10),
         strays in proptest::collection::vec("[a-z]{4}", 0..2),
     ) -> (ResilientService, Assessment) {
@@ -46,11 +88,33 @@ prop_compose! {
         let rev = revision_name(&svc);
         let mut seen = converged(&svc);
         seen.pods.clear();
-        for (slot, updated, state) in pods {
+        if in_place {
+            // The old revision differs from the new one only in what moves in place.
+            svc.spec.update.in_place = crate::api::InPlacePolicy::IfPossible;
+            seen.revisions.push(RevisionView {
+                name: OLD_REVISION.to_string(),
+                number: 0,
+                bad: false,
+                intact: true,
+                in_place_key: Some(crate::build::in_place_key(&svc.spec.template)),
+            });
+        }
+        if until_gone {
+            svc.spec.update.pod_replacement_policy = crate::api::PodReplacementPolicy::TerminationComplete;
+        }
+        for (slot, updated, state, serving) in pods {
             let revision = if updated { rev.clone() } else { OLD_REVISION.to_string() };
             let name = pod_name(&svc, slot, &revision);
+            // A pod drained to be deleted is Retiring, whatever else it was.
+            let state = match (&state, serving.gate) {
+                (PodState::Terminating | PodState::OnLostNode { .. }, _) => state,
+                (_, crate::health::Gate::Closed { since, why: crate::health::Closed::Retire }) => {
+                    PodState::Retiring { since }
+                }
+                _ => state,
+            };
             if seen.pods.iter().all(|p| p.name != name) {
-                seen.pods.push(PodView { name, slot, revision, node: None, state });
+                seen.pods.push(PodView { name, slot, revision, node: None, state, serving });
             }
         }
         seen.claims = if storage {
@@ -63,7 +127,66 @@ prop_compose! {
     }
 }
 
+/// Whether `p`'s drain is over at `now`, as spec.drain says.
+fn drain_over(svc: &ResilientService, p: &PodView, closed: Timestamp, now: Timestamp) -> bool {
+    use crate::health::Listing;
+    let settle = i64::from(svc.spec.drain.settle_seconds);
+    let timeout = i64::from(svc.spec.drain.timeout_seconds);
+    match p.serving.listing {
+        Listing::Unlisted => true,
+        Listing::Ready => now.as_second() - closed.as_second() >= timeout,
+        Listing::NotReady => p
+            .serving
+            .drained_since
+            .is_some_and(|d| now.as_second() - d.as_second() >= settle),
+    }
+}
+
 proptest! {
+    #[test]
+    fn no_pod_that_may_serve_is_deleted_or_patched_before_its_drain_is_over((svc, seen) in arb_case()) {
+        use crate::health::{Closed, Gate};
+        for action in plan(&svc, &seen).actions {
+            let (name, upgrade) = match &action {
+                Action::DeletePod { name, .. } => (name, false),
+                Action::UpgradeInPlace { name, .. } => (name, true),
+                _ => continue,
+            };
+            let Some(p) = seen.pods.iter().find(|p| &p.name == name) else { continue };
+            let running = matches!(p.state, PodState::Starting | PodState::NotReady { .. } | PodState::Ready { .. });
+            match (p.serving.gate, &p.state) {
+                // Drained to be deleted: only once the drain is over.
+                (_, PodState::Retiring { since }) => {
+                    prop_assert!(!upgrade);
+                    prop_assert!(drain_over(&svc, p, *since, seen.now), "{:?} deleted mid-drain", p);
+                }
+                (Gate::Closed { since, why: Closed::Upgrade }, _) if running => {
+                    prop_assert!(upgrade, "{:?} deleted while drained for an upgrade", p);
+                    prop_assert!(drain_over(&svc, p, since, seen.now), "{:?} patched mid-drain", p);
+                }
+                // An open gate on a running pod: never acted on in the same pass.
+                (Gate::Open, _) => prop_assert!(!running, "{:?} acted on with its gate open", p),
+                // No gate to close (an older pod), a gate that never opened, a pod that
+                // failed or whose node is lost: nothing serves from it.
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_gate_opens_only_on_a_pod_ready_to_serve_that_nothing_drains((svc, seen) in arb_case()) {
+        let actions = plan(&svc, &seen).actions;
+        for action in &actions {
+            let Action::OpenGate { name } = action else { continue };
+            let p = seen.pods.iter().find(|p| &p.name == name).unwrap();
+            prop_assert!(p.serving.containers_ready && p.serving.current, "{:?}", p);
+            prop_assert!(!p.state.is_leaving());
+            let drained = actions.iter().any(|a| matches!(a,
+                Action::CloseGate { name: n, .. } | Action::UpgradeInPlace { name: n, .. } | Action::DeletePod { name: n, .. } if n == name));
+            prop_assert!(!drained, "{} opened and drained at once", name);
+        }
+    }
+
     #[test]
     fn never_a_second_pod_in_a_stateful_slot_nor_a_pod_beyond_replicas((svc, seen) in arb_case()) {
         let before = pods_per_slot(&seen);

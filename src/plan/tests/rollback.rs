@@ -331,3 +331,34 @@ fn a_canary_promoted_to_every_replica_then_superseded_goes_back_to_it() {
     h.step(&Step::Template { good: false }).unwrap();
     h.run_until(|h| h.rolled_back_to(&v2));
 }
+
+#[test]
+fn the_stable_revision_is_never_trimmed_even_once_no_pod_runs_it() {
+    let mut svc = service(1, true);
+    svc.spec.revision_history_limit = 1;
+    let mut seen = converged(&svc);
+    let stable = revision_name(&svc);
+    svc.status = Some(crate::api::ResilientServiceStatus {
+        current_revision: Some(stable.clone()),
+        ..Default::default()
+    });
+    // Three newer templates since; the slot's pod of the stable revision is gone.
+    for n in 2..5 {
+        new_template(&mut svc, &mut seen, &format!("example/app:{n}"), n);
+    }
+    seen.pods.clear();
+    let trimmed: Vec<String> = plan(&svc, &seen)
+        .actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::DeleteRevision { name } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert!(!trimmed.contains(&stable), "{trimmed:?}");
+    assert_eq!(
+        trimmed.len(),
+        1,
+        "the oldest unused one beyond the limit: {trimmed:?}"
+    );
+}

@@ -308,8 +308,13 @@ proptest! {
         let mut seen = seen;
         seen.pods.retain(|p| p.slot < svc.spec.replicas);
         let replicas = svc.spec.replicas;
-        let live =
-            |p: &PodView| !matches!(p.state, PodState::Terminating | PodState::Failed { .. });
+        // A drained pod is on its way out too: its slot counts as waiting for a pod.
+        let live = |p: &PodView| {
+            !matches!(
+                p.state,
+                PodState::Terminating | PodState::Retiring { .. } | PodState::Failed { .. }
+            )
+        };
         let taken = |s: &Assessment| {
             let pods = s.pods.iter().filter(|p| live(p)).count();
             let vacant = (0..replicas)
