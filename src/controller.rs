@@ -218,6 +218,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     // A node event reconciles every service with a pod on that node, and the service that
     // fenced it: its pods have left the node, but the fence is its to remove.
     let pods_on_node = pods.clone();
+    let watched = options.namespace.clone();
     let node_to_services = move |node: Node| {
         let node_name = node.name_any();
         let mut services = pods_on_node
@@ -228,7 +229,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             })
             .filter_map(|p| by_label(p.as_ref().clone()))
             .collect::<Vec<_>>();
-        services.extend(fenced_by(&node));
+        // A fence record may name a service of a namespace this instance does not watch.
+        services.extend(fenced_by(&node).filter(|s| {
+            watched
+                .as_deref()
+                .is_none_or(|ns| s.namespace.as_deref() == Some(ns))
+        }));
         services
     };
 

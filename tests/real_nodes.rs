@@ -1,6 +1,7 @@
 //! The operator against real kubelets: crash loops and OOM kills that a kubelet reports, a
 //! real node that crashes or is cut off, and requests through a ClusterIP Service during a
-//! rolling update, side by side with a Deployment.
+//! rolling update, side by side with a Deployment (none may fail for the ResilientService;
+//! tests/zero_downtime.rs has more of those).
 //!
 //! Every pod here is the test application (testapp/) on the real nodes, which only pods
 //! that tolerate their taint reach. The tests take turns (`REAL_NODES`): they share two
@@ -10,30 +11,17 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use perennial::api::{ReplicaStatus, ResilientService};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::pods::*;
 use support::real::*;
 use support::service::*;
 use support::*;
 
-/// A real pod starts in about a second; this leaves room for a busy machine.
-const POD_TIMEOUT: Duration = Duration::from_secs(120);
 /// `repair.nodeLostAfterSeconds` of the node-fault tests: the least the API allows.
 const NODE_LOST_AFTER: u64 = 10;
-
-fn testapp_service(
-    name: &str,
-    replicas: i32,
-    env: &[(&str, &str)],
-    spec: Value,
-) -> ResilientService {
-    let body = merged(testapp_spec(name, testapp_container(env)), spec);
-    service(name, replicas, TESTAPP_IMAGE, body)
-}
 
 /// Waits until slot 0's last failure is `reason`; returns its ledger entry.
 async fn wait_judged(api: &Api<ResilientService>, name: &str, reason: &str) -> ReplicaStatus {
@@ -243,49 +231,6 @@ async fn a_stateful_slot_on_a_partitioned_real_node_waits_for_evidence_while_its
     );
 }
 
-/// Waits until the Deployment `name` runs `replicas` updated, available pods of its
-/// generation `generation`.
-async fn wait_deployment(api: &Api<Deployment>, name: &str, replicas: i32, generation: i64) {
-    wait_object(
-        api,
-        name,
-        "the Deployment's rollout to complete",
-        Duration::from_secs(300),
-        |d| {
-            let s = d.status.clone().unwrap_or_default();
-            let done = s.observed_generation.unwrap_or_default() >= generation
-                && s.updated_replicas == Some(replicas)
-                && s.available_replicas == Some(replicas)
-                && s.replicas == Some(replicas);
-            done.then_some(()).ok_or(format!("{s:?}"))
-        },
-    )
-    .await
-}
-
-/// Waits until every request of a short burst to `addr` is answered by `version`.
-async fn wait_serving(addr: std::net::SocketAddr, version: &str) {
-    let want = format!("version={version}");
-    wait_for(
-        &format!("{addr} to answer with {want}"),
-        POD_TIMEOUT,
-        || {
-            let want = want.clone();
-            async move {
-                let answers: Vec<_> = (0..10)
-                    .map(|_| request(addr, Duration::from_secs(2)))
-                    .collect();
-                answers
-                    .iter()
-                    .all(|a| a.as_ref().is_ok_and(|b| b.contains(&want)))
-                    .then_some(())
-                    .ok_or(format!("{answers:?}"))
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn requests_through_a_cluster_ip_during_a_rolling_update_are_counted_for_perennial_and_a_deployment(
 ) {
@@ -303,23 +248,9 @@ async fn requests_through_a_cluster_ip_during_a_rolling_update_are_counted_for_p
         &testapp_service("perennial", REPLICAS, &[("APP_VERSION", "v1")], update),
     )
     .await;
-    let template =
-        testapp_spec("deployment", testapp_container(&[("APP_VERSION", "v1")]))["template"].clone();
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "deployment"},
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": {"matchLabels": {"app": "deployment"}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": template
-        }
-    }))
-    .expect("a valid Deployment");
-    let deployments: Api<Deployment> = ns.api();
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("create the Deployment");
+    let v1 = testapp_container(&[("APP_VERSION", "v1")]);
+    let deployment = testapp_deployment("deployment", REPLICAS, v1, 1, 0);
+    let deployments = create_deployment(&ns, &deployment).await;
     let ours = cluster_ip_service(&ns, "perennial").await;
     let theirs = cluster_ip_service(&ns, "deployment").await;
     wait_available(&api, "perennial", REPLICAS, POD_TIMEOUT).await;
@@ -387,4 +318,10 @@ async fn requests_through_a_cluster_ip_during_a_rolling_update_are_counted_for_p
             "{who}: requests were answered by both versions during the update: {count}"
         );
     }
+    // The operator drains each pod from the endpoints before it deletes it; the
+    // Deployment's pods are deleted while proxies still route to them (counted only).
+    assert_eq!(
+        ours_count.failed, 0,
+        "no request of the ResilientService failed during its rolling update: {ours_count}"
+    );
 }

@@ -9,6 +9,7 @@ mod support;
 mod failover;
 mod rolling_update;
 mod scale;
+mod zero_downtime;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! Real nodes (a kubelet and a containerd each, beside the KWOK nodes): finding them,
-//! placing the test application on them, their faults, and requests through a Service.
+//! placing the test application on them (as a ResilientService or a Deployment), their
+//! faults, and requests through a Service.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,20 +11,35 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
+use perennial::api::ResilientService;
 use serde_json::{json, Value};
 
-use super::{harness::cluster_dir, repo_root, TestNamespace};
+use super::service::{merged, service};
+use super::{harness::cluster_dir, repo_root, wait_for, wait_object, TestNamespace};
 
 /// The label that tells real nodes (`real`) from KWOK nodes (`kwok`).
 pub const NODE_KIND_LABEL: &str = "e2e.perennial.dev/node";
 /// The taint every real node registers with: only pods that ask for one land there.
 pub const REAL_NODE_TAINT: &str = "e2e.perennial.dev/real-node";
 pub const TESTAPP_IMAGE: &str = "localhost/perennial-testapp:dev";
+/// The test application again, the same layer, with `APP_VERSION=v1` (or v2) in the image's
+/// config: a change of image alone changes its answer.
+pub const TESTAPP_V1_IMAGE: &str = "localhost/perennial-testapp:v1";
+pub const TESTAPP_V2_IMAGE: &str = "localhost/perennial-testapp:v2";
 pub const OPERATOR_IMAGE: &str = "localhost/perennial:dev";
-const IMAGES: [&str; 3] = [OPERATOR_IMAGE, TESTAPP_IMAGE, "localhost/pause:dev"];
+const IMAGES: [&str; 5] = [
+    OPERATOR_IMAGE,
+    TESTAPP_IMAGE,
+    TESTAPP_V1_IMAGE,
+    TESTAPP_V2_IMAGE,
+    "localhost/pause:dev",
+];
+/// A real pod starts in about a second; this leaves room for a busy machine.
+pub const POD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Serialises the real-node tests of one binary: they share two nodes and two cores, and
 /// a node fault would disturb any test beside it.
@@ -124,6 +140,72 @@ pub fn testapp_spec(name: &str, container: Value) -> Value {
     json!({"template": {"metadata": {"labels": {"app": name}}, "spec": pod}})
 }
 
+/// A ResilientService `name` of `replicas` test applications with the environment `env`,
+/// its spec extended by `spec`.
+pub fn testapp_service(
+    name: &str,
+    replicas: i32,
+    env: &[(&str, &str)],
+    spec: Value,
+) -> ResilientService {
+    let body = merged(testapp_spec(name, testapp_container(env)), spec);
+    service(name, replicas, TESTAPP_IMAGE, body)
+}
+
+/// A Deployment `name` of `replicas` pods labelled `app: name`, of the template
+/// `testapp_spec` makes of `container`, rolled out with at most `max_surge` pods above
+/// `replicas` and `max_unavailable` below.
+pub fn testapp_deployment(
+    name: &str,
+    replicas: i32,
+    container: Value,
+    max_surge: i32,
+    max_unavailable: i32,
+) -> Deployment {
+    let template = testapp_spec(name, container)["template"].clone();
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                "maxSurge": max_surge, "maxUnavailable": max_unavailable
+            }},
+            "template": template
+        }
+    }))
+    .expect("a valid Deployment")
+}
+
+/// Creates `deployment` in the test's namespace; returns the namespace's Deployments.
+pub async fn create_deployment(ns: &TestNamespace, deployment: &Deployment) -> Api<Deployment> {
+    let api: Api<Deployment> = ns.api();
+    api.create(&PostParams::default(), deployment)
+        .await
+        .expect("create the Deployment");
+    api
+}
+
+/// Waits until the Deployment `name` runs `replicas` updated, available pods of its
+/// generation `generation`.
+pub async fn wait_deployment(api: &Api<Deployment>, name: &str, replicas: i32, generation: i64) {
+    wait_object(
+        api,
+        name,
+        "the Deployment's rollout to complete",
+        Duration::from_secs(300),
+        |d| {
+            let s = d.status.clone().unwrap_or_default();
+            let done = s.observed_generation.unwrap_or_default() >= generation
+                && s.updated_replicas == Some(replicas)
+                && s.available_replicas == Some(replicas)
+                && s.replicas == Some(replicas);
+            done.then_some(()).ok_or(format!("{s:?}"))
+        },
+    )
+    .await
+}
+
 // ------------------------------------------------------------------------------------------
 // Faults
 
@@ -209,6 +291,29 @@ fn kind(e: &std::io::Error) -> String {
     format!("{:?}", e.kind())
 }
 
+/// Waits until every request of a short burst to `addr` is answered by `version`.
+pub async fn wait_serving(addr: SocketAddr, version: &str) {
+    let want = format!("version={version}");
+    wait_for(
+        &format!("{addr} to answer with {want}"),
+        POD_TIMEOUT,
+        || {
+            let want = want.clone();
+            async move {
+                let answers: Vec<_> = (0..10)
+                    .map(|_| request(addr, Duration::from_secs(2)))
+                    .collect();
+                answers
+                    .iter()
+                    .all(|a| a.as_ref().is_ok_and(|b| b.contains(&want)))
+                    .then_some(())
+                    .ok_or(format!("{answers:?}"))
+            }
+        },
+    )
+    .await
+}
+
 /// Requests sent and how they ended.
 #[derive(Debug, Default, Clone)]
 pub struct TrafficCount {
@@ -218,14 +323,47 @@ pub struct TrafficCount {
     pub failures: BTreeMap<String, u64>,
     /// Answers by the `version=` of their body.
     pub versions: BTreeMap<String, u64>,
+    /// How long each answered request took, connect to last byte, in the order they ended.
+    pub latencies: Vec<Duration>,
+    /// When each failed request was sent, and why it failed, in the order they ended: to
+    /// be read beside the operator's log and the pods' conditions.
+    pub failed_at: Vec<(jiff::Timestamp, String)>,
+}
+
+impl TrafficCount {
+    /// The `q`-quantile (0 to 1) of the answered requests' durations, nearest rank; zero
+    /// when none was answered.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
+    pub fn p50(&self) -> Duration {
+        self.quantile(0.50)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.quantile(0.99)
+    }
 }
 
 impl std::fmt::Display for TrafficCount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "{} sent, {} failed {:?}, answered by version {:?}",
-            self.sent, self.failed, self.failures, self.versions
+            "{} sent, {} failed {:?}, answered by version {:?}, latency p50 {:.1} ms p99 {:.1} ms",
+            self.sent,
+            self.failed,
+            self.failures,
+            self.versions,
+            ms(self.p50()),
+            ms(self.p99())
         )
     }
 }
@@ -251,11 +389,14 @@ impl Traffic {
                 while !stop.load(Ordering::Relaxed) {
                     let counts = counts.clone();
                     requests.push(std::thread::spawn(move || {
+                        let (began, sent_at) = (Instant::now(), jiff::Timestamp::now());
                         let outcome = request(addr, Duration::from_secs(2));
+                        let took = began.elapsed();
                         let mut c = counts.lock().unwrap();
                         c.sent += 1;
                         match outcome {
                             Ok(body) => {
+                                c.latencies.push(took);
                                 let version = body
                                     .split_whitespace()
                                     .find_map(|w| w.strip_prefix("version="))
@@ -265,7 +406,8 @@ impl Traffic {
                             }
                             Err(why) => {
                                 c.failed += 1;
-                                *c.failures.entry(why).or_default() += 1;
+                                *c.failures.entry(why.clone()).or_default() += 1;
+                                c.failed_at.push((sent_at, why));
                             }
                         }
                     }));
