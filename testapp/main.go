@@ -12,7 +12,8 @@
 //	NEVER_READY          1 (or true): /readyz always answers 503
 //
 // Endpoints: / answers "version=V pod=P", /healthz 200 while the process runs, /readyz 200
-// until SIGTERM (503 from then on). One line per event goes to stdout. A setting that cannot
+// until SIGTERM (503 from then on). POST /unready turns /readyz to 503 for good while / goes
+// on answering: a pod that runs and serves but fails its readiness, as the tests inject it. One line per event goes to stdout. A setting that cannot
 // be parsed is reported and the process exits 2. It writes no file.
 package main
 
@@ -131,12 +132,17 @@ func (l *logger) event(format string, args ...any) {
 type app struct {
 	cfg      config
 	draining atomic.Bool
+	unready  atomic.Bool
 }
 
 func (a *app) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "version=%s pod=%s\n", a.cfg.Version, a.cfg.Pod)
+	})
+	mux.HandleFunc("POST /unready", func(w http.ResponseWriter, _ *http.Request) {
+		a.unready.Store(true)
+		io.WriteString(w, "readyz answers 503 from now on\n")
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -147,6 +153,8 @@ func (a *app) handler() http.Handler {
 			http.Error(w, "never ready (NEVER_READY)", http.StatusServiceUnavailable)
 		case a.draining.Load():
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case a.unready.Load():
+			http.Error(w, "unready (POST /unready)", http.StatusServiceUnavailable)
 		default:
 			io.WriteString(w, "ok\n")
 		}

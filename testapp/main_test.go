@@ -83,6 +83,24 @@ func TestNeverReadyAnswers503FromTheStart(t *testing.T) {
 	}
 }
 
+func TestPostUnreadyTurnsReadyzTo503ForGoodWhileRootStillAnswers(t *testing.T) {
+	a := &app{cfg: config{Version: "v1", Pod: "p"}}
+	if code, _ := get(t, a.handler(), "/readyz"); code != http.StatusOK {
+		t.Fatalf("GET /readyz before = %d, want 200", code)
+	}
+	rec := httptest.NewRecorder()
+	a.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/unready", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("POST /unready = %d, want 200", rec.Code)
+	}
+	if code, _ := get(t, a.handler(), "/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("GET /readyz after POST /unready = %d, want 503", code)
+	}
+	if code, body := get(t, a.handler(), "/"); code != http.StatusOK || body != "version=v1 pod=p\n" {
+		t.Fatalf("GET / after POST /unready = %d %q, want 200", code, body)
+	}
+}
+
 func TestConfigDefaultsAndHostnameFallback(t *testing.T) {
 	cfg, err := loadConfig(env(nil), host("node-host"))
 	if err != nil {

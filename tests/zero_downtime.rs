@@ -541,3 +541,106 @@ async fn an_in_place_upgrade_through_a_cluster_ip_fails_no_request_and_keeps_eve
         );
     }
 }
+
+/// Turns the readiness of the test application at `ip` to 503 for good (`POST /unready`),
+/// while it goes on answering `/`.
+fn post_unready(ip: &str) {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = format!("{ip}:8080").parse().expect("a pod address");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .expect("connect to the pod");
+    stream
+        .write_all(b"POST /unready HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        .expect("send POST /unready");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read the reply");
+    assert!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_reschedule_of_a_pod_that_runs_but_fails_its_readiness_fails_no_request() {
+    let _turn = REAL_NODES.lock().await;
+    let ns = TestNamespace::new("zero-reschedule").await;
+    real_nodes(&ns.client, 2).await;
+    let operator = Operator::with_crd(&ns).await;
+    println!("operator log: {}", operator.log.display());
+    // Unready for 10 s is NeverReady; the first rung moves the slot off its node.
+    let svc = merged(
+        serde_json::to_value(resilient(
+            "perennial",
+            container(TESTAPP_V1_IMAGE),
+            json!({}),
+        ))
+        .unwrap(),
+        json!({"spec": {"update": {"progressDeadlineSeconds": 10},
+            "supervision": {"escalation": ["Reschedule", "Quarantine"]}}}),
+    );
+    let svc: perennial::api::ResilientService = serde_json::from_value(svc).unwrap();
+    let api = create_service(&ns, &svc).await;
+    let ours = cluster_ip_service(&ns, "perennial").await;
+    wait_available(&api, "perennial", REPLICAS, START_TIMEOUT).await;
+    wait_serving(ours, "v1").await;
+
+    let victim = pods(&ns, "perennial.dev/slot=3")
+        .await
+        .into_iter()
+        .find(|p| !terminating(p))
+        .expect("the pod of slot 3");
+    let (name, node) = (victim.name_any(), node_of(&victim));
+    let ip = victim
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a pod IP");
+    println!(
+        "{describe}",
+        describe = describe_client("ResilientService", ours)
+    );
+    let traffic = Traffic::start(ours, RATE);
+    let started = Instant::now();
+    println!(
+        "{}: {name} on {node} fails its readiness from now on",
+        now()
+    );
+    post_unready(&ip);
+    let entry = wait_svc(
+        &api,
+        "perennial",
+        "slot 3 to be rescheduled off its node and every replica available",
+        ROLLOUT_TIMEOUT,
+        |svc| {
+            let e = entry(svc, 3).ok_or("no entry for slot 3")?;
+            let moved = e.escalation.as_deref() == Some("Reschedule")
+                && e.pod.as_deref() != Some(name.as_str())
+                && e.node.as_deref().is_some_and(|n| n != node)
+                && status(svc).available_replicas == REPLICAS;
+            moved.then_some(e.clone()).ok_or(ledger(svc))
+        },
+    )
+    .await;
+    wait_pods(&ns, "perennial", REPLICAS as usize, ROLLOUT_TIMEOUT).await;
+    let took = started.elapsed();
+    let count = traffic.stop();
+    println!(
+        "Reschedule of slot 3 ({name} on {node}, NeverReady after 10 s) to {:?} on {:?}, {RATE} requests/s, {:.0} s:",
+        entry.pod,
+        entry.node,
+        took.as_secs_f64()
+    );
+    print_count("ResilientService", &count);
+    assert_eq!(
+        entry.last_failure.map(|f| f.reason).as_deref(),
+        Some("NeverReady"),
+        "the failure the Reschedule repaired"
+    );
+    assert_rate("ResilientService", &count, took);
+    assert_eq!(
+        count.failed,
+        0,
+        "no request failed while slot 3 was rescheduled: {count} (operator log {})",
+        operator.log.display()
+    );
+}
