@@ -613,7 +613,10 @@ async fn a_reschedule_of_a_pod_that_runs_but_fails_its_readiness_fails_no_reques
         ROLLOUT_TIMEOUT,
         |svc| {
             let e = entry(svc, 3).ok_or("no entry for slot 3")?;
-            let moved = e.escalation.as_deref() == Some("Reschedule")
+            // The escalation is cleared once the slot is Ready again; the avoidance stays.
+            let moved = e.avoid_node_reason.as_deref() == Some("Reschedule")
+                && e.avoid_node.as_deref() == Some(node.as_str())
+                && e.restarts_in_window >= 1
                 && e.pod.as_deref() != Some(name.as_str())
                 && e.node.as_deref().is_some_and(|n| n != node)
                 && status(svc).available_replicas == REPLICAS;

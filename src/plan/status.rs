@@ -52,6 +52,18 @@ pub(super) fn compute(
             requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
         }
     }
+    // A pod unready for a whole progress deadline is NeverReady: look again then, since
+    // nothing else may change meanwhile.
+    let deadline = i64::from(svc.spec.update.progress_deadline_seconds);
+    for pod in &live {
+        if let PodState::NotReady { since } = pod.state {
+            let left = since.as_second() + deadline - seen.now.as_second();
+            if left > 0 {
+                let wait = Duration::from_secs(left as u64);
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
+        }
+    }
     for pod in &live {
         if let PodState::Unschedulable { since, .. } = pod.state {
             let waited = (seen.now.as_second() - since.as_second()).max(0) as u64;

@@ -416,3 +416,15 @@ fn fresh_node_loss_settles_before_anything_moves_so_the_storm_guard_sees_nodes_f
     seen.pods[0].state = lost_for(12, true);
     assert_eq!(kinds(&plan(&svc, &seen).actions), vec!["ForceDeletePod"]);
 }
+
+#[test]
+fn a_pod_unready_is_looked_at_again_when_its_progress_deadline_makes_it_never_ready() {
+    let mut svc = service(3, false);
+    svc.spec.update.progress_deadline_seconds = 10;
+    let mut seen = converged(&svc);
+    seen.pods[1].state = PodState::NotReady {
+        since: Timestamp::from_second(now().as_second() - 4).unwrap(),
+    };
+    let p = plan(&svc, &seen);
+    assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(6)));
+}
