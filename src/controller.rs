@@ -324,16 +324,19 @@ async fn sweep_deleted(
         if let Ok(mut failures) = ctx.failures.lock() {
             failures.retain(|object, _| store.get(object).is_some());
         }
-        let uids: std::collections::HashSet<String> = ctx
-            .caches
-            .pods
-            .state()
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone())
-            .collect();
-        ctx.caches
-            .slice_index
-            .retain_drained(|uid| uids.contains(uid));
+        // Most sweeps find no drain under way: no scan of every pod then.
+        if ctx.caches.slice_index.any_drained() {
+            let uids: std::collections::HashSet<String> = ctx
+                .caches
+                .pods
+                .state()
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            ctx.caches
+                .slice_index
+                .retain_drained(|uid| uids.contains(uid));
+        }
     }
 }
 

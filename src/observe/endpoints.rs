@@ -129,6 +129,11 @@ impl SliceIndex {
         Some(*index.drained.entry(uid.to_string()).or_insert(at))
     }
 
+    /// Whether any pod's drain time is kept: the sweep reads the pods only then.
+    pub fn any_drained(&self) -> bool {
+        !self.index().drained.is_empty()
+    }
+
     /// Forgets the drain times of pods that no longer exist.
     pub fn retain_drained(&self, exists: impl Fn(&str) -> bool) {
         self.index().drained.retain(|uid, _| exists(uid));
