@@ -13,22 +13,33 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::act::Recorder;
 use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::observe::{observe, trim_pod, trim_slice, Caches, Heartbeats, SliceIndex};
+use crate::observe::{
+    claim_service_key, controller_uid, index_event, observe, pod_node, trim_pod, trim_slice,
+    Caches, Heartbeats, OwnerIndex, SliceIndex,
+};
+use crate::own_writes::OwnWrites;
 use crate::{act, health, plan};
 
 /// How often a healthy service is looked at even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a pass that found the caches still filling is tried again.
 const CACHE_SYNC_RETRY: Duration = Duration::from_millis(250);
+/// How soon a pass skipped on a superseded copy is tried again, should the watch event of
+/// the newer copy (which triggers a pass itself) be slow to come.
+const STALE_COPY_RETRY: Duration = Duration::from_secs(1);
+/// How often the counts of repeated Events are written: a repeat shows in
+/// `kubectl describe` within this.
+const EVENT_FLUSH: Duration = Duration::from_secs(30);
 /// The error policy's backoff: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -58,6 +69,8 @@ pub struct Context {
     caches: Caches,
     recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<ResilientService>, u32>>,
+    /// Copies of services our own status writes superseded: no pass plans from them.
+    own_writes: OwnWrites<ObjectRef<ResilientService>>,
     /// Set once every cache has its first full list. A flag, not a second waiter on the
     /// stores: a store's readiness wakes only one waiting task.
     synced: AtomicBool,
@@ -133,6 +146,10 @@ where
 
 /// Maps an object carrying our service label to its ResilientService.
 fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
+    service_of(&object)
+}
+
+fn service_of<K: Resource>(object: &K) -> Option<ObjectRef<ResilientService>> {
     let name = object.meta().labels.as_ref()?.get(LABEL_SERVICE)?;
     let ns = object.meta().namespace.as_deref()?;
     Some(ObjectRef::new(name).within(ns))
@@ -152,6 +169,28 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let (claims, claim_events) = cached(api::<PersistentVolumeClaim>(&client, ns), ours.clone());
     let (revisions, revision_events) = cached(api::<ControllerRevision>(&client, ns), ours.clone());
     let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);
+    let (pods_by_owner, pods_by_node) = (OwnerIndex::default(), OwnerIndex::default());
+    let (by_owner, by_node, store) = (pods_by_owner.clone(), pods_by_node.clone(), pods.clone());
+    let pod_events = pod_events.inspect(move |event| {
+        if let Ok(pod) = event {
+            index_event(&by_owner, &store, pod, controller_uid);
+            index_event(&by_node, &store, pod, pod_node);
+        }
+    });
+    let revisions_by_owner = OwnerIndex::default();
+    let (by_owner, store) = (revisions_by_owner.clone(), revisions.clone());
+    let revision_events = revision_events.inspect(move |event| {
+        if let Ok(revision) = event {
+            index_event(&by_owner, &store, revision, controller_uid);
+        }
+    });
+    let claims_by_service = OwnerIndex::default();
+    let (by_service, store) = (claims_by_service.clone(), claims.clone());
+    let claim_events = claim_events.inspect(move |event| {
+        if let Ok(claim) = event {
+            index_event(&by_service, &store, claim, claim_service_key);
+        }
+    });
     // A user's own Service may serve as the headless Service, so every Service is cached.
     let (services, service_events) =
         cached(api::<Service>(&client, ns), watcher::Config::default());
@@ -200,6 +239,10 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         heartbeats: heartbeats.clone(),
         slices,
         slice_index,
+        pods_by_owner,
+        revisions_by_owner,
+        claims_by_service,
+        pods_by_node: pods_by_node.clone(),
     };
     let reporter = Reporter {
         controller: "perennial".into(),
@@ -210,6 +253,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         client: client.clone(),
         caches: caches.clone(),
         failures: Mutex::default(),
+        own_writes: OwnWrites::default(),
         synced: AtomicBool::new(false),
         metrics: metrics.clone(),
         health: health.clone(),
@@ -217,18 +261,18 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
 
     // A node event reconciles every service with a pod on that node, and the service that
     // fenced it: its pods have left the node, but the fence is its to remove.
-    let pods_on_node = pods.clone();
+    let (pods_on_node, node_index) = (pods.clone(), pods_by_node);
     let watched = options.namespace.clone();
     let node_to_services = move |node: Node| {
         let node_name = node.name_any();
-        let mut services = pods_on_node
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
-            })
-            .filter_map(|p| by_label(p.as_ref().clone()))
+        let mut services = node_index
+            .owned(&node_name, &pods_on_node)
+            .iter()
+            .filter(|p| pod_node(p).as_deref() == Some(node_name.as_str()))
+            .filter_map(|p| service_of(p.as_ref()))
             .collect::<Vec<_>>();
+        let mut seen = std::collections::HashSet::new();
+        services.retain(|s| seen.insert(s.clone()));
         // A fence record may name a service of a namespace this instance does not watch.
         services.extend(fenced_by(&node).filter(|s| {
             watched
@@ -245,9 +289,10 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
             .filter_map(|pod| pods_in_slices.get(&ObjectRef::new(pod).within(&ns)))
             .filter(|p| matches!(health::gate_of(p), health::Gate::Closed { .. }))
-            .filter_map(|p| by_label(p.as_ref().clone()))
+            .filter_map(|p| service_of(p.as_ref()))
             .collect();
-        services.dedup();
+        let mut seen = std::collections::HashSet::new();
+        services.retain(|s| seen.insert(s.clone()));
         services
     };
 
@@ -275,6 +320,9 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
     .watches_stream(slice_events, slice_to_services)
     .shutdown_on_signal();
+    // Repeats of an Event are counted in memory and written on this beat.
+    let flusher = context.recorder.spawn_flusher(EVENT_FLUSH);
+    let last_flush = context.clone();
     // A deletion triggers no pass, so what is kept per service is swept against the store.
     let sweep = tokio::spawn(sweep_deleted(
         controller.store(),
@@ -302,6 +350,9 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     run.await;
     ready.abort();
     sweep.abort();
+    flusher.abort();
+    // The counts of the last beat are not lost on a clean shutdown.
+    last_flush.recorder.flush().await;
 }
 
 /// Drops, every SWEEP, the replica series and error backoffs of services the store no
@@ -324,6 +375,7 @@ async fn sweep_deleted(
         if let Ok(mut failures) = ctx.failures.lock() {
             failures.retain(|object, _| store.get(object).is_some());
         }
+        ctx.own_writes.retain(|object| store.get(object).is_some());
         // Most sweeps find no drain under way: no scan of every pod then.
         if ctx.caches.slice_index.any_drained() {
             let uids: std::collections::HashSet<String> = ctx
@@ -448,6 +500,14 @@ async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Resu
         // The garbage collector removes what the service owns; retained claims stay.
         return Ok(Requeue::await_change());
     }
+    let key = ObjectRef::from(svc.as_ref());
+    if ctx
+        .own_writes
+        .is_stale(&key, svc.metadata.resource_version.as_deref())
+    {
+        tracing::debug!("skipped: the cached copy predates the last status written");
+        return Ok(Requeue::requeue(STALE_COPY_RETRY));
+    }
     let observed = observe(svc, &ctx.caches);
     // Whole seconds, as the API server stores times: a status computed twice then compares equal.
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default();
@@ -469,7 +529,11 @@ async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Resu
         .iter()
         .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
         .collect();
-    act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;
+    let status = act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;
+    if status != act::StatusWrite::Unchanged {
+        ctx.own_writes
+            .superseded(&key, svc.metadata.resource_version.as_deref());
+    }
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(svc.as_ref()));
     }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod own_writes;
 pub mod plan;
 pub mod start;
 pub mod telemetry;

@@ -5,17 +5,20 @@ mod events;
 mod fence;
 mod gate;
 mod kill_point;
+pub mod recorder;
 
 pub use events::{event_for, event_for_error};
 pub use kill_point::arm as arm_kill_point;
 use kill_point::wrote;
+pub use recorder::{Event, Part, Recorder, Writes};
+
+use std::sync::{Mutex, PoisonError};
 
 use futures::{stream, TryStreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Resource};
-use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -50,6 +53,17 @@ pub enum Error {
     InvalidTemplate { revision: String, message: String },
 }
 
+/// What became of a pass's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// The plan's status is the one the service has.
+    Unchanged,
+    /// Written: the service's copy the pass planned from is superseded.
+    Written,
+    /// Refused, as the service changed meanwhile: the copy is superseded too.
+    Refused,
+}
+
 /// Executes `plan` for `svc`: every action, then the status if it changed.
 pub async fn execute(
     client: &Client,
@@ -57,33 +71,48 @@ pub async fn execute(
     svc: &ResilientService,
     templates: &Templates,
     plan: &Plan,
-) -> Result<(), Error> {
+) -> Result<StatusWrite, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let ns = ns.as_str();
+    // The pass's events, by the index of their action in the plan: published together,
+    // so that the recorder makes one Event of those of a kind (one for the pods created).
+    let events: Mutex<Vec<(usize, Event)>> = Mutex::default();
+    let mut done = Ok(());
     // In phases: a pod created before its claim would be judged unschedulable.
     for phase in 0..3 {
-        let actions = plan.actions.iter().filter(|a| phase_of(a) == phase).map(Ok);
-        stream::iter(actions)
-            .try_for_each_concurrent(CONCURRENCY, |action| async move {
+        let actions = (plan.actions.iter().enumerate())
+            .filter(|(_, a)| phase_of(a) == phase)
+            .map(Ok);
+        let events = &events;
+        done = stream::iter(actions)
+            .try_for_each_concurrent(CONCURRENCY, |(i, action)| async move {
                 let done = perform(client, ns, svc, templates, plan, action).await;
                 let event = match &done {
                     Ok(()) => event_for(action),
                     Err(e) => event_for_error(action, e),
                 };
                 if let Some(event) = event {
-                    // An Event that cannot be written must not fail the reconcile.
-                    if let Err(e) = recorder.publish(&event, &svc.object_ref(&())).await {
-                        tracing::debug!(error = %e, "could not publish an event");
-                    }
+                    let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
+                    events.push((i, event));
                 }
                 done
             })
-            .await?;
+            .await;
+        if done.is_err() {
+            break;
+        }
     }
-    if svc.status.as_ref() != Some(&plan.status) {
-        write_status(client, ns, svc, plan).await?;
+    // Also when an action failed: what was done is told. An Event that cannot be written
+    // does not fail the reconcile (the recorder logs it).
+    let mut events = events.into_inner().unwrap_or_else(PoisonError::into_inner);
+    events.sort_by_key(|(i, _)| *i);
+    let events = events.into_iter().map(|(_, e)| e).collect();
+    recorder.publish_pass(&svc.object_ref(&()), events).await;
+    done?;
+    if svc.status.as_ref() == Some(&plan.status) {
+        return Ok(StatusWrite::Unchanged);
     }
-    Ok(())
+    write_status(client, ns, svc, plan).await
 }
 
 /// What a pod needs exists first; deletions come last.
@@ -365,7 +394,7 @@ async fn write_status(
     ns: &str,
     svc: &ResilientService,
     plan: &Plan,
-) -> Result<(), Error> {
+) -> Result<StatusWrite, Error> {
     let api: Api<ResilientService> = Api::namespaced(client.clone(), ns);
     // The resource version makes the write conditional: the status carries the failure
     // ledger, and a pass planned from an older copy must not overwrite a newer ledger.
@@ -385,12 +414,12 @@ async fn write_status(
     match written {
         Ok(_) => {
             wrote(|| format!("status of {}", svc.name_any()));
-            Ok(())
+            Ok(StatusWrite::Written)
         }
         // The newer copy is on its way through the watch and gets a pass of its own.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
-            Ok(())
+            Ok(StatusWrite::Refused)
         }
         Err(source) => Err(Error::Api {
             what: format!("write the status of {}", svc.name_any()),

@@ -3,9 +3,11 @@
 
 mod endpoints;
 mod heartbeats;
+mod owners;
 
 pub use endpoints::{trim_slice, SliceIndex};
 pub use heartbeats::Heartbeats;
+pub use owners::{controller_uid, index_event, OwnerIndex};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +40,25 @@ pub struct Caches {
     /// EndpointSlices (trimmed), and the index by pod the slice watch keeps of them.
     pub slices: Store<EndpointSlice>,
     pub slice_index: SliceIndex,
+    /// Pods and revisions by their controller's uid, claims by `namespace/service`, pods
+    /// by node: kept by the watches, so a pass reads only what concerns it.
+    pub pods_by_owner: OwnerIndex,
+    pub revisions_by_owner: OwnerIndex,
+    pub claims_by_service: OwnerIndex,
+    pub pods_by_node: OwnerIndex,
+}
+
+/// The key `Caches::claims_by_service` indexes a claim by: its namespace and the service
+/// its label names.
+pub fn claim_service_key<K: Resource>(object: &K) -> Option<String> {
+    let ns = object.meta().namespace.as_deref()?;
+    let name = object.meta().labels.as_ref()?.get(LABEL_SERVICE)?;
+    Some(format!("{ns}/{name}"))
+}
+
+/// The key `Caches::pods_by_node` indexes a pod by: the node it is bound to.
+pub fn pod_node(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref()?.node_name.clone()
 }
 
 impl Caches {
@@ -113,8 +134,8 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
     let service_ref = ObjectRef::<Service>::new(&build::service_name(svc)).within(&namespace);
     let budget_ref = ObjectRef::<PodDisruptionBudget>::new(&name).within(&namespace);
     let claims: Vec<Arc<PersistentVolumeClaim>> = caches
-        .claims
-        .state()
+        .claims_by_service
+        .owned(&format!("{namespace}/{name}"), &caches.claims)
         .into_iter()
         .filter(|c| labelled(c.meta()))
         .collect();
@@ -140,9 +161,10 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             Some((v, pv))
         })
         .collect();
+    // The index is by uid; the filter stays, as the index may briefly lag the store.
     let pods: Vec<Arc<Pod>> = caches
-        .pods
-        .state()
+        .pods_by_owner
+        .owned(&uid, &caches.pods)
         .into_iter()
         .filter(|p| controlled(p.meta()))
         .collect();
@@ -153,8 +175,8 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         drained,
         claims,
         revisions: caches
-            .revisions
-            .state()
+            .revisions_by_owner
+            .owned(&uid, &caches.revisions)
             .into_iter()
             .filter(|r| controlled(r.meta()))
             .collect(),
@@ -220,11 +242,10 @@ fn pods_on_fenced_nodes(
     if out.is_empty() {
         return out;
     }
-    for pod in caches.pods.state() {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
-        if let Some(on) = node.and_then(|n| out.get_mut(n)) {
-            on.push(pod);
-        }
+    for (node, on) in out.iter_mut() {
+        *on = caches.pods_by_node.owned(node, &caches.pods);
+        // The index may briefly lag the store.
+        on.retain(|p| pod_node(p).as_deref() == Some(node.as_str()));
     }
     out
 }

@@ -61,12 +61,23 @@ fn audit_log() -> std::path::PathBuf {
         .join("logs/audit.log")
 }
 
-/// Requests by verb that `users` made between two offsets of the audit log.
-fn requests_by_verb(users: &[&str], from: u64, to: u64) -> BTreeMap<String, u64> {
+/// Requests by verb that `users` made between two offsets of the audit log, and apart
+/// from them the Event writes (create, patch, update of `events`, in either API group) that
+/// `event_users` made in namespace `ns`: the built-in controllers' Events may be sent under
+/// the controller manager's own identity.
+struct Tally {
+    by_verb: BTreeMap<String, u64>,
+    event_writes: u64,
+}
+
+fn tally(users: &[&str], event_users: &[&str], ns: &str, from: u64, to: u64) -> Tally {
     let bytes = std::fs::read(audit_log()).unwrap_or_default();
     let (from, to) = (from as usize, (to as usize).min(bytes.len()));
     let text = String::from_utf8_lossy(bytes.get(from.min(to)..to).unwrap_or_default());
-    let mut verbs = BTreeMap::new();
+    let mut out = Tally {
+        by_verb: BTreeMap::new(),
+        event_writes: 0,
+    };
     for e in text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -79,11 +90,19 @@ fn requests_by_verb(users: &[&str], from: u64, to: u64) -> BTreeMap<String, u64>
         } else {
             e["stage"] == "ResponseComplete"
         };
-        if counted && users.contains(&user) {
-            *verbs.entry(verb.to_string()).or_default() += 1;
+        if !counted {
+            continue;
+        }
+        if users.contains(&user) {
+            *out.by_verb.entry(verb.to_string()).or_default() += 1;
+        }
+        let event = e["objectRef"]["resource"] == "events" && e["objectRef"]["namespace"] == ns;
+        let write = ["create", "patch", "update"].contains(&verb);
+        if event && write && (users.contains(&user) || event_users.contains(&user)) {
+            out.event_writes += 1;
         }
     }
-    verbs
+    out
 }
 
 fn writes(verbs: &BTreeMap<String, u64>) -> u64 {
@@ -222,6 +241,12 @@ fn controller_manager_pid() -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Writes of a tally, Events included: for the built-in controllers, those its Events'
+/// identity sent too.
+fn all_writes(t: &Tally, events_apart: bool) -> u64 {
+    writes(&t.by_verb) + if events_apart { t.event_writes } else { 0 }
+}
+
 #[tokio::test]
 #[ignore = "a benchmark: run with make bench"]
 async fn bench_scale_many_services() {
@@ -262,16 +287,27 @@ async fn bench_scale_many_services() {
     let p50 = histogram_quantile(&text, "perennial_reconcile_duration_seconds", 0.5);
     let p99 = histogram_quantile(&text, "perennial_reconcile_duration_seconds", 0.99);
     let ours = ["perennial-operator"];
-    let by_verb = requests_by_verb(&ours, a0, a1);
-    let steady_writes = writes(&requests_by_verb(&ours, a1, a2));
+    let converging = tally(&ours, &[], &ns.name, a0, a1);
+    let steady_ours = tally(&ours, &[], &ns.name, a1, a2);
+    let ours_row = Figures {
+        available: converged.as_secs_f64(),
+        rss_mib: peak,
+        cpu_converging: cpu1 - cpu0,
+        cpu_steady: cpu2 - cpu1,
+        writes: all_writes(&converging, false),
+        event_writes: converging.event_writes,
+        steady_writes: all_writes(&steady_ours, false),
+    };
     rows.push(json!({
-        "controller": "perennial", "services": services, "replicas": replicas,
-        "all_available_seconds": converged.as_secs_f64(),
-        "rss_mib": rss, "peak_rss_mib": peak, "cpu_seconds_converging": cpu1 - cpu0,
-        "cpu_seconds_steady": cpu2 - cpu1, "requests_by_verb": by_verb,
-        "steady_writes": steady_writes, "steady_seconds": steady.as_secs(),
+        "controller": "perennial", "services": services, "replicas": replicas, "pods": pods_total,
+        "all_available_seconds": ours_row.available,
+        "rss_mib": rss, "peak_rss_mib": peak, "cpu_seconds_converging": ours_row.cpu_converging,
+        "cpu_seconds_steady": ours_row.cpu_steady, "requests_by_verb": converging.by_verb,
+        "writes_converging": ours_row.writes, "event_writes_converging": ours_row.event_writes,
+        "steady_writes": ours_row.steady_writes, "steady_seconds": steady.as_secs(),
         "reconcile_p50_s_upper_bound": p50, "reconcile_p99_s_upper_bound": p99,
         "peak_rss_kib_per_pod": peak * 1024.0 / pods_total as f64,
+        "cpu_ms_per_pod_converging": ours_row.cpu_converging * 1000.0 / pods_total as f64,
     }));
     let ns_name = ns.name.clone();
     drop(op);
@@ -291,19 +327,33 @@ async fn bench_scale_many_services() {
     let (_, _, kcpu1) = kcm.map(process_figures).unwrap_or_default();
     tokio::time::sleep(steady).await; // a measuring window, not a wait for a condition
     let a2 = audit_len();
-    let (krss, _, _) = kcm.map(process_figures).unwrap_or_default();
+    let (krss, _, kcpu2) = kcm.map(process_figures).unwrap_or_default();
     let theirs = [
         "system:serviceaccount:kube-system:deployment-controller",
         "system:serviceaccount:kube-system:replicaset-controller",
     ];
-    let by_verb_builtin = requests_by_verb(&theirs, a0, a1);
-    let steady_builtin = writes(&requests_by_verb(&theirs, a1, a2));
+    let their_events = ["system:kube-controller-manager"];
+    let converging = tally(&theirs, &their_events, &ns.name, a0, a1);
+    let steady_theirs = tally(&theirs, &their_events, &ns.name, a1, a2);
+    let theirs_row = Figures {
+        available: converged.as_secs_f64(),
+        rss_mib: krss,
+        cpu_converging: kcpu1 - kcpu0,
+        cpu_steady: kcpu2 - kcpu1,
+        writes: all_writes(&converging, true),
+        event_writes: converging.event_writes,
+        steady_writes: all_writes(&steady_theirs, true),
+    };
     rows.push(json!({
-        "controller": "deployment", "services": services, "replicas": replicas,
-        "all_available_seconds": converged.as_secs_f64(),
-        "controller_manager_rss_mib": krss, "controller_manager_cpu_seconds_converging": kcpu1 - kcpu0,
-        "requests_by_verb": by_verb_builtin, "steady_writes": steady_builtin,
-        "steady_seconds": steady.as_secs(),
+        "controller": "deployment", "services": services, "replicas": replicas, "pods": pods_total,
+        "all_available_seconds": theirs_row.available,
+        "controller_manager_rss_mib": krss,
+        "controller_manager_cpu_seconds_converging": theirs_row.cpu_converging,
+        "controller_manager_cpu_seconds_steady": theirs_row.cpu_steady,
+        "requests_by_verb": converging.by_verb,
+        "writes_converging": theirs_row.writes, "event_writes_converging": theirs_row.event_writes,
+        "steady_writes": theirs_row.steady_writes, "steady_seconds": steady.as_secs(),
+        "cpu_ms_per_pod_converging": theirs_row.cpu_converging * 1000.0 / pods_total as f64,
     }));
     let ns_name = ns.name.clone();
     drop(ns);
@@ -313,27 +363,46 @@ async fn bench_scale_many_services() {
         println!("{}", serde_json::to_string(r).unwrap());
     }
     println!(
-        "{:<12} {:>14} {:>12} {:>12} {:>14}",
-        "controller", "all Available", "RSS MiB", "CPU s", "steady writes"
+        "{:<11} {:>10} {:>8} {:>11} {:>10} {:>8} {:>8} {:>8}",
+        "controller",
+        "Available",
+        "RSS MiB",
+        "CPU s conv",
+        "CPU s idle",
+        "writes",
+        "events",
+        "idle wr"
     );
+    for (name, f) in [("perennial", &ours_row), ("deployment", &theirs_row)] {
+        println!(
+            "{:<11} {:>9.1}s {:>8.1} {:>11.1} {:>10.2} {:>8} {:>8} {:>8}",
+            name,
+            f.available,
+            f.rss_mib,
+            f.cpu_converging,
+            f.cpu_steady,
+            f.writes,
+            f.event_writes,
+            f.steady_writes
+        );
+    }
     println!(
-        "{:<12} {:>13.1}s {:>12.1} {:>12.1} {:>14}",
-        "perennial",
-        rows[0]["all_available_seconds"].as_f64().unwrap_or(0.0),
-        peak,
-        cpu1 - cpu0,
-        steady_writes
-    );
-    println!(
-        "{:<12} {:>13.1}s {:>12.1} {:>12.1} {:>14}",
-        "deployment",
-        rows[1]["all_available_seconds"].as_f64().unwrap_or(0.0),
-        krss,
-        kcpu1 - kcpu0,
-        steady_builtin
-    );
-    println!(
-        "(RSS: the operator's peak; for the built-in, the whole controller manager's current RSS)"
+        "(RSS: the operator's peak; for the built-in, the whole controller manager's current RSS; \
+         writes include Events; idle: the {} s steady window)",
+        steady.as_secs()
     );
     write_results("scale", json!(rows));
+    // One file per size too: the scaling curve (docs/plot_scale.py) reads them all.
+    write_results(&format!("scale-{pods_total}"), json!(rows));
+}
+
+/// One side's figures, as the table prints them.
+struct Figures {
+    available: f64,
+    rss_mib: f64,
+    cpu_converging: f64,
+    cpu_steady: f64,
+    writes: u64,
+    event_writes: u64,
+    steady_writes: u64,
 }
