@@ -131,16 +131,37 @@ fn cached_trimmed<K>(
 where
     K: Cacheable,
 {
+    indexed(api, config, trim, |_| {})
+}
+
+/// A trimmed cache whose raw watch events also feed `index` (an OwnerIndex), as they feed
+/// the store.
+fn indexed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    index: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send,
+)
+where
+    K: Cacheable,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config).modify(move |o: &mut K| {
+    let events = watcher(api, config)
+        .modify(move |o: &mut K| {
             o.meta_mut().managed_fields = None;
             trim(o);
-        }),
-    )
-    .default_backoff()
-    .touched_objects();
+        })
+        .inspect(move |e| {
+            if let Ok(e) = e {
+                index(e);
+            }
+        });
+    let stream = reflector::reflector(writer, events)
+        .default_backoff()
+        .touched_objects();
     (reader, stream)
 }
 
@@ -165,32 +186,29 @@ fn fenced_by(node: &Node) -> Option<ObjectRef<ResilientService>> {
 pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health: Arc<Health>) {
     let ns = options.namespace.as_deref();
     let ours = watcher::Config::default().labels(LABEL_SERVICE);
-    let (pods, pod_events) = cached_trimmed(api::<Pod>(&client, ns), ours.clone(), trim_pod);
-    let (claims, claim_events) = cached(api::<PersistentVolumeClaim>(&client, ns), ours.clone());
-    let (revisions, revision_events) = cached(api::<ControllerRevision>(&client, ns), ours.clone());
-    let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);
     let (pods_by_owner, pods_by_node) = (OwnerIndex::default(), OwnerIndex::default());
-    let (by_owner, by_node, store) = (pods_by_owner.clone(), pods_by_node.clone(), pods.clone());
-    let pod_events = pod_events.inspect(move |event| {
-        if let Ok(pod) = event {
-            index_event(&by_owner, &store, pod, controller_uid);
-            index_event(&by_node, &store, pod, pod_node);
-        }
-    });
-    let revisions_by_owner = OwnerIndex::default();
-    let (by_owner, store) = (revisions_by_owner.clone(), revisions.clone());
-    let revision_events = revision_events.inspect(move |event| {
-        if let Ok(revision) = event {
-            index_event(&by_owner, &store, revision, controller_uid);
-        }
+    let (by_owner, by_node) = (pods_by_owner.clone(), pods_by_node.clone());
+    let (pods, pod_events) = indexed(api::<Pod>(&client, ns), ours.clone(), trim_pod, move |e| {
+        index_event(&by_owner, e, controller_uid);
+        index_event(&by_node, e, pod_node);
     });
     let claims_by_service = OwnerIndex::default();
-    let (by_service, store) = (claims_by_service.clone(), claims.clone());
-    let claim_events = claim_events.inspect(move |event| {
-        if let Ok(claim) = event {
-            index_event(&by_service, &store, claim, claim_service_key);
-        }
-    });
+    let by_service = claims_by_service.clone();
+    let (claims, claim_events) = indexed(
+        api::<PersistentVolumeClaim>(&client, ns),
+        ours.clone(),
+        |_| {},
+        move |e| index_event(&by_service, e, claim_service_key),
+    );
+    let revisions_by_owner = OwnerIndex::default();
+    let by_owner = revisions_by_owner.clone();
+    let (revisions, revision_events) = indexed(
+        api::<ControllerRevision>(&client, ns),
+        ours.clone(),
+        |_| {},
+        move |e| index_event(&by_owner, e, controller_uid),
+    );
+    let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);
     // A user's own Service may serve as the headless Service, so every Service is cached.
     let (services, service_events) =
         cached(api::<Service>(&client, ns), watcher::Config::default());

@@ -56,7 +56,7 @@ pub enum Error {
 /// What became of a pass's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusWrite {
-    /// The plan's status is the one the service has.
+    /// The plan's status is the one the service has (or the server found it so).
     Unchanged,
     /// Written: the service's copy the pass planned from is superseded.
     Written,
@@ -412,6 +412,11 @@ async fn write_status(
         )
         .await;
     match written {
+        // A write the server found to change nothing keeps the version: no watch event
+        // follows, and the copy the pass planned from is still the newest.
+        Ok(written) if written.metadata.resource_version == svc.metadata.resource_version => {
+            Ok(StatusWrite::Unchanged)
+        }
         Ok(_) => {
             wrote(|| format!("status of {}", svc.name_any()));
             Ok(StatusWrite::Written)

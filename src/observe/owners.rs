@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 
 /// (namespace, name) of an indexed object.
@@ -22,6 +23,8 @@ pub struct OwnerIndex {
 struct Owners {
     by_owner: HashMap<String, BTreeSet<Key>>,
     owner_of: HashMap<Key, String>,
+    /// What a list under way has listed so far, with each object's owner.
+    listing: Option<Vec<(String, String, Option<String>)>>,
 }
 
 impl OwnerIndex {
@@ -53,8 +56,8 @@ impl OwnerIndex {
         }
     }
 
-    /// The objects of `owner` that `store` holds. An entry the store no longer has (an
-    /// object deleted while the watch was re-listing sends no event) is forgotten here.
+    /// The objects of `owner` that `store` holds. The index hears of an event just before
+    /// the store applies it: an entry the store does not hold yet is left out, not dropped.
     pub fn owned<K>(&self, owner: &str, store: &Store<K>) -> Vec<Arc<K>>
     where
         K: Resource<DynamicType = ()> + Clone + 'static,
@@ -63,14 +66,9 @@ impl OwnerIndex {
             Some(set) => set.iter().cloned().collect(),
             None => return Vec::new(),
         };
-        let mut found = Vec::with_capacity(keys.len());
-        for (ns, name) in keys {
-            match store.get(&ObjectRef::new(&name).within(&ns)) {
-                Some(object) => found.push(object),
-                None => self.refresh(&ns, &name, None),
-            }
-        }
-        found
+        keys.iter()
+            .filter_map(|(ns, name)| store.get(&ObjectRef::new(name).within(ns)))
+            .collect()
     }
 
     /// Objects indexed, for the tests and the metrics.
@@ -94,15 +92,47 @@ pub fn controller_uid<K: Resource>(object: &K) -> Option<String> {
         .map(|o| o.uid.clone())
 }
 
-/// Feeds `index` from one watch event: the object as the store holds it now.
-pub fn index_event<K>(index: &OwnerIndex, store: &Store<K>, seen: &K, key: fn(&K) -> Option<String>)
+/// Feeds `index` from one raw watch event, as the reflector feeds its store: a (re-)list
+/// replaces the whole index once it is complete, as it replaces the store; the objects it
+/// lists are not in the store before then, so the index cannot be read from the store.
+pub fn index_event<K>(index: &OwnerIndex, event: &Event<K>, key: fn(&K) -> Option<String>)
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    let ns = seen.namespace().unwrap_or_default();
-    let name = seen.name_any();
-    let current = store.get(&ObjectRef::new(&name).within(&ns));
-    index.refresh(&ns, &name, current.as_deref().and_then(key));
+    let id = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
+    match event {
+        Event::Apply(o) => {
+            let (ns, name) = id(o);
+            index.refresh(&ns, &name, key(o));
+        }
+        Event::Delete(o) => {
+            let (ns, name) = id(o);
+            index.refresh(&ns, &name, None);
+        }
+        Event::Init => index.owners().listing = Some(Vec::new()),
+        Event::InitApply(o) => {
+            let (ns, name) = id(o);
+            if let Some(listed) = index.owners().listing.as_mut() {
+                listed.push((ns, name, key(o)));
+            }
+        }
+        Event::InitDone => {
+            let listed = index.owners().listing.take().unwrap_or_default();
+            let mut fresh = Owners::default();
+            for (ns, name, owner) in listed {
+                if let Some(owner) = owner {
+                    let k = (ns, name);
+                    fresh
+                        .by_owner
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(k.clone());
+                    fresh.owner_of.insert(k, owner);
+                }
+            }
+            *index.owners() = fresh;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,7 +141,6 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::ObjectMeta;
     use kube::runtime::reflector::store::Writer;
-    use kube::runtime::watcher::Event;
 
     fn pod(name: &str, owner: &str) -> Pod {
         Pod {
@@ -137,9 +166,9 @@ mod tests {
         let store = writer.as_reader();
         let index = OwnerIndex::default();
         for (name, owner) in [("a-0", "a"), ("a-1", "a"), ("b-0", "b")] {
-            let p = pod(name, owner);
-            writer.apply_watcher_event(&Event::Apply(p.clone()));
-            index_event(&index, &store, &p, controller_uid);
+            let e = Event::Apply(pod(name, owner));
+            writer.apply_watcher_event(&e);
+            index_event(&index, &e, controller_uid);
         }
         let mut names: Vec<String> = index
             .owned("a", &store)
@@ -152,34 +181,44 @@ mod tests {
         assert!(index.owned("c", &store).is_empty());
 
         // Deleted: the store no longer holds it, and the event drops it from the index.
-        let gone = pod("a-0", "a");
-        writer.apply_watcher_event(&Event::Delete(gone.clone()));
-        index_event(&index, &store, &gone, controller_uid);
+        let gone = Event::Delete(pod("a-0", "a"));
+        writer.apply_watcher_event(&gone);
+        index_event(&index, &gone, controller_uid);
         assert_eq!(index.owned("a", &store).len(), 1);
         assert_eq!(index.len(), 2);
     }
 
     #[test]
-    fn an_object_gone_without_an_event_is_forgotten_when_its_owner_reads_and_a_new_owner_moves_it()
-    {
+    fn a_list_indexes_what_it_lists_once_complete_and_forgets_what_it_no_longer_lists() {
         let mut writer: Writer<Pod> = Writer::default();
         let store = writer.as_reader();
         let index = OwnerIndex::default();
-        let p = pod("x", "a");
-        writer.apply_watcher_event(&Event::Apply(p.clone()));
-        index_event(&index, &store, &p, controller_uid);
-        // A re-list that no longer holds it sends no event for it.
-        writer.apply_watcher_event(&Event::Init);
-        writer.apply_watcher_event(&Event::InitDone);
-        assert!(index.owned("a", &store).is_empty());
-        assert!(index.is_empty());
-
-        let p = pod("y", "a");
-        writer.apply_watcher_event(&Event::Apply(p.clone()));
-        index_event(&index, &store, &p, controller_uid);
-        let moved = pod("y", "b");
-        writer.apply_watcher_event(&Event::Apply(moved.clone()));
-        index_event(&index, &store, &moved, controller_uid);
+        let feed = |writer: &mut Writer<Pod>, e: Event<Pod>| {
+            writer.apply_watcher_event(&e);
+            index_event(&index, &e, controller_uid);
+        };
+        feed(&mut writer, Event::Init);
+        feed(&mut writer, Event::InitApply(pod("x", "a")));
+        feed(&mut writer, Event::InitApply(pod("y", "a")));
+        feed(&mut writer, Event::InitDone);
+        assert_eq!(index.owned("a", &store).len(), 2, "listed at start");
+        // A re-list that no longer holds x.
+        feed(&mut writer, Event::Init);
+        feed(&mut writer, Event::InitApply(pod("y", "a")));
+        assert_eq!(
+            index.owned("a", &store).len(),
+            2,
+            "the old list until it is done"
+        );
+        feed(&mut writer, Event::InitDone);
+        let names: Vec<String> = index
+            .owned("a", &store)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(names, ["y"]);
+        // A new owner moves it.
+        feed(&mut writer, Event::Apply(pod("y", "b")));
         assert!(index.owned("a", &store).is_empty());
         assert_eq!(index.owned("b", &store).len(), 1);
     }
