@@ -170,6 +170,12 @@ fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
     service_of(&object)
 }
 
+/// Keeps the first of each service: a pass is asked for once.
+fn unique(services: &mut Vec<ObjectRef<ResilientService>>) {
+    let mut seen = std::collections::HashSet::new();
+    services.retain(|s| seen.insert(s.clone()));
+}
+
 fn service_of<K: Resource>(object: &K) -> Option<ObjectRef<ResilientService>> {
     let name = object.meta().labels.as_ref()?.get(LABEL_SERVICE)?;
     let ns = object.meta().namespace.as_deref()?;
@@ -289,8 +295,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             .filter(|p| pod_node(p).as_deref() == Some(node_name.as_str()))
             .filter_map(|p| service_of(p.as_ref()))
             .collect::<Vec<_>>();
-        let mut seen = std::collections::HashSet::new();
-        services.retain(|s| seen.insert(s.clone()));
+        unique(&mut services);
         // A fence record may name a service of a namespace this instance does not watch.
         services.extend(fenced_by(&node).filter(|s| {
             watched
@@ -309,8 +314,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             .filter(|p| matches!(health::gate_of(p), health::Gate::Closed { .. }))
             .filter_map(|p| service_of(p.as_ref()))
             .collect();
-        let mut seen = std::collections::HashSet::new();
-        services.retain(|s| seen.insert(s.clone()));
+        unique(&mut services);
         services
     };
 

@@ -161,7 +161,7 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             Some((v, pv))
         })
         .collect();
-    // The index is by uid; the filter stays, as the index may briefly lag the store.
+    // The index hears of a change just before the store applies it: the filter stays.
     let pods: Vec<Arc<Pod>> = caches
         .pods_by_owner
         .owned(&uid, &caches.pods)
@@ -244,7 +244,7 @@ fn pods_on_fenced_nodes(
     }
     for (node, on) in out.iter_mut() {
         *on = caches.pods_by_node.owned(node, &caches.pods);
-        // The index may briefly lag the store.
+        // The index hears of a change just before the store applies it.
         on.retain(|p| pod_node(p).as_deref() == Some(node.as_str()));
     }
     out

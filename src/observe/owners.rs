@@ -27,14 +27,24 @@ struct Owners {
     listing: Option<Vec<(String, String, Option<String>)>>,
 }
 
+impl Owners {
+    fn insert(&mut self, key: Key, owner: String) {
+        self.by_owner
+            .entry(owner.clone())
+            .or_default()
+            .insert(key.clone());
+        self.owner_of.insert(key, owner);
+    }
+}
+
 impl OwnerIndex {
     fn owners(&self) -> MutexGuard<'_, Owners> {
         // Plain data: a panic elsewhere while holding the lock leaves it usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the owner of `ns/name` as the store holds it after an event: None once the
-    /// object is gone or belongs to no one.
+    /// Records the owner of `ns/name` as a watch event tells it: None once the object is
+    /// gone or belongs to no one.
     pub fn refresh(&self, ns: &str, name: &str, owner: Option<String>) {
         let key = (ns.to_string(), name.to_string());
         let mut owners = self.owners();
@@ -47,12 +57,7 @@ impl OwnerIndex {
             }
         }
         if let Some(owner) = owner {
-            owners
-                .by_owner
-                .entry(owner.clone())
-                .or_default()
-                .insert(key.clone());
-            owners.owner_of.insert(key, owner);
+            owners.insert(key, owner);
         }
     }
 
@@ -121,13 +126,7 @@ where
             let mut fresh = Owners::default();
             for (ns, name, owner) in listed {
                 if let Some(owner) = owner {
-                    let k = (ns, name);
-                    fresh
-                        .by_owner
-                        .entry(owner.clone())
-                        .or_default()
-                        .insert(k.clone());
-                    fresh.owner_of.insert(k, owner);
+                    fresh.insert((ns, name), owner);
                 }
             }
             *index.owners() = fresh;
