@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CLUSTER := e2e/cluster
 LOCAL_KUBECONFIG := $(CURDIR)/e2e/.cluster/kubeconfig
 CRD_FILE := crds/perennial.dev_resilientservices.yaml
-CHART_CRD_FILE := charts/perennial/crds/perennial.dev_resilientservices.yaml
+CHART_CRD_TEMPLATE := charts/perennial/templates/crd.yaml
 REFERENCE_FILE := docs/reference.md
 
 .PHONY: help build cluster cluster-down cluster-status crds lint test testapp-test images install demo bench chaos
@@ -23,9 +23,9 @@ cluster-down: ## stop every process of the local control plane
 cluster-status: ## say what runs
 	$(CLUSTER)/status
 
-crds: ## regenerate the CRD YAML and docs/reference.md from the Rust types
+crds: ## regenerate the CRD YAML, the chart's CRD template and docs/reference.md from the Rust types
 	cargo run -q --bin perennial -- crd > $(CRD_FILE)
-	cp $(CRD_FILE) $(CHART_CRD_FILE)
+	scripts/chart-crd-template < $(CRD_FILE) > $(CHART_CRD_TEMPLATE)
 	cargo run -q --bin perennial -- crd --reference > $(REFERENCE_FILE)
 
 lint: ## formatting and clippy, warnings as errors
@@ -52,10 +52,11 @@ deny: ## licences, banned crates, sources and security advisories of every depen
 	cargo deny --offline check advisories licenses bans sources
 
 .PHONY: chart-lint
-chart-lint: ## helm lint --strict of charts/perennial, with the default and the namespaced values
+chart-lint: ## helm lint --strict of charts/perennial: default values, namespaced, and dashboard and alerts on
 	@helm="$${HELM:-$$($(CLUSTER)/build --print-dirs | grep '/helm-')/helm}"; \
 	"$$helm" lint --strict charts/perennial && \
-	"$$helm" lint --strict charts/perennial --set 'watchNamespaces={team-a,team-b}' --set serviceMonitor.enabled=true
+	"$$helm" lint --strict charts/perennial --set 'watchNamespaces={team-a,team-b}' --set serviceMonitor.enabled=true && \
+	"$$helm" lint --strict charts/perennial --set crds.install=false --set grafana.dashboards.enabled=true --set prometheusRule.enabled=true
 
 # The suite's short soak replays one schedule, so that a red run can be replayed exactly;
 # `make chaos` draws a new one each time (CHAOS_SEED overrides either).
@@ -73,7 +74,7 @@ images: ## operator, pause and test app images in target/images/; loaded into re
 install: ## helm install the chart into perennial-system on the real nodes (after `make cluster images`)
 	KUBECONFIG=$(LOCAL_KUBECONFIG) "$$($(CLUSTER)/build --print-dirs | grep '/helm-')/helm" upgrade --install \
 	  perennial charts/perennial --namespace perennial-system --create-namespace \
-	  -f e2e/real-values.yaml --wait --timeout 3m
+	  -f e2e/real-values.yaml --take-ownership --wait --timeout 3m
 	KUBECONFIG=$(LOCAL_KUBECONFIG) "$$($(CLUSTER)/build --print-dirs | grep '/kubernetes-')/kubectl" \
 	  -n perennial-system get pods -o wide
 

@@ -18,7 +18,7 @@ const RETRY: Duration = Duration::from_secs(2);
 /// The longest one read of the CRD may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a user runs to install the CRD of this release.
-const APPLY: &str = "kubectl apply --server-side -f crds/ (from this release; `helm upgrade` does not upgrade CRDs)";
+const APPLY: &str = "kubectl apply --server-side -f crds/ (from this release), or `helm upgrade` to this release's chart with crds.install=true";
 
 /// The CRD this operator was built with.
 #[derive(Clone, Debug)]
@@ -181,8 +181,8 @@ mod tests {
             why,
             "the installed CustomResourceDefinition resilientservices.perennial.dev is from perennial 0.1.0 \
              (schema sha256:ffffffffffffffff), this operator is perennial 0.2.0 (schema sha256:00112233aabbccdd); \
-             status writes would fail: kubectl apply --server-side -f crds/ (from this release; `helm upgrade` \
-             does not upgrade CRDs)"
+             status writes would fail: kubectl apply --server-side -f crds/ (from this release), or `helm upgrade` \
+             to this release's chart with crds.install=true"
         );
     }
 

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::api::ResilientServiceStatus;
+use crate::api::{condition, ResilientServiceStatus};
 use crate::plan::Action;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +40,42 @@ pub struct ReplicaLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub namespace: String,
+    pub name: String,
+    pub condition: String,
+}
+
+/// The condition types of a service, each exported for every service (1 while True).
+const CONDITIONS: [&str; 4] = [
+    condition::AVAILABLE,
+    condition::PROGRESSING,
+    condition::DEGRADED,
+    condition::ROLLED_BACK,
+];
+
+/// The Degraded reason of a service whose node-loss repairs the storm guard holds.
+const STORM_REASON: &str = "MassFailureSuspected";
+
+/// Label values known in advance: their series exist at zero from the start, so that a
+/// rate over them is defined before the first event.
+const RESULTS: [&str; 2] = ["ok", "error"];
+const REPAIR_KINDS: [&str; 5] = [
+    "Restart",
+    "Reschedule",
+    "RebuildStorage",
+    "NodeLost",
+    "Fence",
+];
+const ROLLOUT_EVENTS: [&str; 3] = ["started", "completed", "rolled_back"];
+
 /// The replica states the ledger reports, each exported even at zero.
 const STATES: [&str; 10] = [
     "Pending",
@@ -62,6 +98,8 @@ pub struct Metrics {
     pub repairs: Family<KindLabel, Counter>,
     pub rollouts: Family<EventLabel, Counter>,
     pub replicas: Family<ReplicaLabels, Gauge>,
+    pub conditions: Family<ConditionLabels, Gauge>,
+    pub storm_guard: Family<ServiceLabels, Gauge>,
     pub leader: Gauge,
     pub reconciles_in_flight: Gauge,
     /// (namespace, name) of every service with replica series, so that the series of a
@@ -79,6 +117,8 @@ impl Default for Metrics {
             repairs: Family::default(),
             rollouts: Family::default(),
             replicas: Family::default(),
+            conditions: Family::default(),
+            storm_guard: Family::default(),
             leader: Gauge::default(),
             reconciles_in_flight: Gauge::default(),
             services: Mutex::default(),
@@ -115,15 +155,38 @@ impl Default for Metrics {
             m.replicas.clone(),
         );
         registry.register(
+            "service_condition",
+            "1 while the condition of the service is True, 0 otherwise",
+            m.conditions.clone(),
+        );
+        registry.register(
+            "storm_guard_holding",
+            "1 while the storm guard holds the node-loss repairs of the service (MassFailureSuspected)",
+            m.storm_guard.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica is the leader",
             m.leader.clone(),
         );
         registry.register(
             "reconciles_in_flight",
-            "Reconcile passes running now (the work queue's depth)",
+            "Reconcile passes running now; at most the concurrency per watched namespace",
             m.reconciles_in_flight.clone(),
         );
+        for result in RESULTS {
+            let _ = m.reconciles.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
+        for kind in REPAIR_KINDS {
+            let _ = m.repairs.get_or_create(&KindLabel { kind: kind.into() });
+        }
+        for event in ROLLOUT_EVENTS {
+            let _ = m.rollouts.get_or_create(&EventLabel {
+                event: event.into(),
+            });
+        }
         Self { registry, ..m }
     }
 }
@@ -237,6 +300,28 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
+        let is_true = |type_: &str| {
+            after
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")
+        };
+        for type_ in CONDITIONS {
+            self.conditions
+                .get_or_create(&ConditionLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    condition: type_.into(),
+                })
+                .set(i64::from(is_true(type_).is_some()));
+        }
+        let storm = is_true(condition::DEGRADED).is_some_and(|c| c.reason == STORM_REASON);
+        self.storm_guard
+            .get_or_create(&ServiceLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .set(i64::from(storm));
     }
 
     /// Drops the replica series of every service in `namespace` (all namespaces when None)
@@ -260,18 +345,65 @@ impl Metrics {
                     state: state.into(),
                 });
             }
+            for type_ in CONDITIONS {
+                self.conditions.remove(&ConditionLabels {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    condition: type_.into(),
+                });
+            }
+            self.storm_guard.remove(&ServiceLabels {
+                namespace: ns.clone(),
+                name: name.clone(),
+            });
             false
         });
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in the Prometheus text format (version 0.0.4, what `/metrics` declares).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        classic_text(&out)
     }
+}
+
+/// The Prometheus text format from the OpenMetrics text the encoder writes. They differ in
+/// what this registry uses in two places: a counter family is named without `_total` in
+/// OpenMetrics and with it in the Prometheus format (where HELP and TYPE name the samples'
+/// metric), and OpenMetrics ends with `# EOF`, and may carry `# UNIT` lines, which the
+/// Prometheus format does not know.
+fn classic_text(open_metrics: &str) -> String {
+    let counters: BTreeSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (family, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(family) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{family}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -373,6 +505,129 @@ mod tests {
         assert_eq!(repairs(&m, "Restart"), 1);
         assert_eq!(repairs(&m, "Reschedule"), 1);
         assert_eq!(repairs(&m, "RebuildStorage"), 0);
+    }
+
+    /// The metric names of the samples of `text`, and those HELP and TYPE lines name.
+    fn names(text: &str) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
+        let mut samples = BTreeSet::new();
+        let mut helped = BTreeSet::new();
+        let mut typed = BTreeSet::new();
+        for line in text.lines() {
+            let word = |rest: &str| rest.split(' ').next().unwrap_or_default().to_string();
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(word(rest));
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(word(rest));
+            } else if !line.is_empty() {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                samples.insert(name.to_string());
+            }
+        }
+        (samples, helped, typed)
+    }
+
+    #[test]
+    fn the_text_is_the_prometheus_format_its_counters_named_with_total_in_help_and_type() {
+        let m = Metrics::default();
+        m.observe_pass("shop", "web", None, &ready(&[0]), &[]);
+        m.reconcile_seconds.observe(0.01);
+        let text = m.render();
+        assert!(!text.contains("# EOF"), "{text}");
+        let (samples, helped, typed) = names(&text);
+        for counter in [
+            "perennial_reconciles_total",
+            "perennial_repairs_total",
+            "perennial_rollouts_total",
+        ] {
+            assert!(samples.contains(counter), "{text}");
+            assert!(
+                text.contains(&format!("# TYPE {counter} counter")),
+                "{text}"
+            );
+        }
+        // Every sample belongs to a family with HELP and TYPE; a histogram's by its base name.
+        for sample in &samples {
+            let family = ["_bucket", "_sum", "_count"]
+                .into_iter()
+                .find_map(|s| sample.strip_suffix(s))
+                .filter(|base| typed.contains(*base))
+                .unwrap_or(sample);
+            assert!(
+                helped.contains(family) && typed.contains(family),
+                "{sample} has no HELP or TYPE of its family:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_of_known_label_values_start_at_zero() {
+        let text = Metrics::default().render();
+        for series in [
+            "perennial_reconciles_total{result=\"error\"} 0",
+            "perennial_repairs_total{kind=\"NodeLost\"} 0",
+            "perennial_rollouts_total{event=\"rolled_back\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "no {series}:\n{text}");
+        }
+    }
+
+    fn with_condition(
+        mut status: ResilientServiceStatus,
+        type_: &str,
+        reason: &str,
+    ) -> ResilientServiceStatus {
+        status
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            });
+        status
+    }
+
+    #[test]
+    fn each_condition_of_a_service_is_a_series_and_the_storm_guard_one_of_its_own() {
+        let m = Metrics::default();
+        let value = |text: &str, series: &str| -> Option<String> {
+            text.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')
+                    .map(str::to_string)
+            })
+        };
+        let degraded = with_condition(ready(&[0]), condition::DEGRADED, "CrashLoopBackOff");
+        m.observe_pass("shop", "web", None, &degraded, &[]);
+        let text = m.render();
+        let degraded_series =
+            "perennial_service_condition{namespace=\"shop\",name=\"web\",condition=\"Degraded\"}";
+        let available_series =
+            "perennial_service_condition{namespace=\"shop\",name=\"web\",condition=\"Available\"}";
+        let storm_series = "perennial_storm_guard_holding{namespace=\"shop\",name=\"web\"}";
+        assert_eq!(
+            value(&text, degraded_series).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, available_series).as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        assert_eq!(value(&text, storm_series).as_deref(), Some("0"), "{text}");
+
+        let storm = with_condition(ready(&[0]), condition::DEGRADED, STORM_REASON);
+        m.observe_pass("shop", "web", Some(&degraded), &storm, &[]);
+        assert_eq!(value(&m.render(), storm_series).as_deref(), Some("1"));
+
+        m.forget_deleted_services(None, |_, _| false);
+        let text = m.render();
+        assert!(!text.contains("namespace=\"shop\""), "{text}");
     }
 
     #[test]

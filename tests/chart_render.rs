@@ -23,12 +23,18 @@ fn helm_lint_strict_passes_without_warnings_and_the_schema_rejects_unknown_value
             "serviceMonitor.enabled=true",
             "--set",
             "rbac.nodeFencing=false",
+            "--set",
+            "grafana.dashboards.enabled=true",
+            "--set",
+            "prometheusRule.enabled=true",
         ],
         &[
             "--set",
             "replicaCount=1",
             "--set",
             "leaderElection.enabled=false",
+            "--set",
+            "crds.install=false",
         ],
     ];
     for extra in variants {
@@ -46,6 +52,8 @@ fn helm_lint_strict_passes_without_warnings_and_the_schema_rejects_unknown_value
         ("operator.logFormat=yaml", "logFormat"),
         ("replicaCount=-1", "replicaCount"),
         ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
+        ("crds.install=maybe", "install"),
+        ("crds.upgrade=true", "upgrade"),
     ] {
         let (ok, out, err) = helm(&["lint", "--strict", chart, "--set", bad]);
         assert!(
@@ -120,10 +128,10 @@ async fn everything_the_chart_renders_is_accepted_by_the_api_server_in_a_server_
     let release_ns = TestNamespace::new("chart-dry").await;
     let watched = TestNamespace::new("chart-dry-watched").await;
     for values in [
-        json!({}),
-        json!({"watchNamespaces": [watched.name], "rbac": {"nodeFencing": false}}),
+        json!({"crds": {"install": true}}),
+        json!({"crds": {"install": true}, "watchNamespaces": [watched.name], "rbac": {"nodeFencing": false}}),
     ] {
-        let manifest = render(&release_ns.name, &values, true);
+        let manifest = render(&release_ns.name, &values);
         let objects = documents(&manifest);
         let (ok, out, err) = kubectl_stdin(
             &[
@@ -365,7 +373,7 @@ fn rendered_rbac_has_no_wildcard_and_no_secret_access_and_exactly_the_rules_the_
         ),
     ];
     for (what, values, want) in cases {
-        let objects = documents(&render(ns, &values, false));
+        let objects = documents(&render(ns, &values));
         let have = granted(&objects);
         let extra: Vec<_> = have.difference(&want).collect();
         let missing: Vec<_> = want.difference(&have).collect();
@@ -418,4 +426,86 @@ fn rendered_rbac_has_no_wildcard_and_no_secret_access_and_exactly_the_rules_the_
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_dashboard_configmap_and_the_prometheusrule_carry_the_charts_own_files() {
+    let ns = TestNamespace::new("chart-observe").await;
+    let objects = |values: Value| documents(&render(&ns.name, &values));
+    let off = objects(json!({}));
+    assert!(
+        !off.iter()
+            .any(|o| o["kind"] == "PrometheusRule" || o["kind"] == "ConfigMap"),
+        "neither is rendered by default"
+    );
+
+    let values = json!({
+        "grafana": {"dashboards": {"enabled": true, "label": "dashboards.example/load", "labelValue": "yes",
+                                   "annotations": {"grafana_folder": "Perennial"}}},
+        "prometheusRule": {"enabled": true, "labels": {"release": "kube-prometheus"},
+                           "runbookBaseUrl": "https://runbooks.example/perennial/"}
+    });
+    let on = objects(values.clone());
+    let one = |kind: &str| -> Value {
+        let found: Vec<&Value> = on.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}: {found:?}");
+        found[0].clone()
+    };
+
+    let config_map = one("ConfigMap");
+    assert_eq!(
+        config_map["metadata"]["labels"]["dashboards.example/load"],
+        "yes"
+    );
+    assert_eq!(
+        config_map["metadata"]["annotations"]["grafana_folder"],
+        "Perennial"
+    );
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/perennial/dashboards/perennial.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let carried: Value = serde_json::from_str(
+        config_map["data"]["perennial.json"]
+            .as_str()
+            .expect("the dashboard is a data key"),
+    )
+    .expect("the ConfigMap carries valid JSON");
+    assert_eq!(
+        carried, file,
+        "the ConfigMap carries dashboards/perennial.json"
+    );
+    let (ok, out, err) = kubectl_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        &serde_json::to_string(&config_map).unwrap(),
+    );
+    assert!(
+        ok,
+        "the API server rejects the dashboard ConfigMap: {out}{err}"
+    );
+
+    let rule = one("PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");
+    let mut groups: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/perennial/alerts/perennial.rules.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    // The same rules, their runbook links moved to runbookBaseUrl.
+    for group in groups["groups"].as_array_mut().unwrap() {
+        for r in group["rules"].as_array_mut().unwrap() {
+            let url = r["annotations"]["runbook_url"].as_str().unwrap().replace(
+                "https://github.com/perennial/perennial/blob/main/docs/alerts.md",
+                "https://runbooks.example/perennial",
+            );
+            r["annotations"]["runbook_url"] = json!(url);
+        }
+    }
+    assert!(!groups["groups"][0]["rules"].as_array().unwrap().is_empty());
+    assert_eq!(
+        rule["spec"], groups,
+        "the PrometheusRule carries alerts/perennial.rules.yaml"
+    );
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{helm, kubectl_with, repo_root, unique_suffix};
 
@@ -40,9 +40,10 @@ impl Drop for ValuesFile {
     }
 }
 
-/// Runs `helm COMMAND RELEASE CHART --namespace NAMESPACE -f VALUES EXTRA`.
+/// Runs `helm COMMAND RELEASE CHART_DIR --namespace NAMESPACE -f VALUES EXTRA`.
 fn helm_with_values(
     command: &str,
+    chart_dir: &str,
     namespace: &str,
     values: &Value,
     extra: &[&str],
@@ -51,7 +52,7 @@ fn helm_with_values(
     let mut args = vec![
         command,
         RELEASE,
-        chart(),
+        chart_dir,
         "--namespace",
         namespace,
         "-f",
@@ -61,13 +62,36 @@ fn helm_with_values(
     helm(&args)
 }
 
-/// What the chart renders for a release in `namespace` with `values`.
-pub fn render(namespace: &str, values: &Value, include_crds: bool) -> String {
-    let mut extra = vec!["--kube-version", KUBE_VERSION];
-    if include_crds {
-        extra.push("--include-crds");
+/// `values` for a test's release of the chart: `crds.install` is false unless `values` sets
+/// it. The CRD is cluster-wide, so that at most one release may own it, and the tests share
+/// the one `install_crd` applies.
+pub fn test_values(values: &Value) -> Value {
+    let mut values = values.clone();
+    let object = values
+        .as_object_mut()
+        .expect("the chart's values are a mapping");
+    let crds = object.entry("crds").or_insert_with(|| json!({}));
+    if let Some(crds) = crds.as_object_mut() {
+        crds.entry("install").or_insert(json!(false));
     }
-    let (ok, out, err) = helm_with_values("template", namespace, values, &extra);
+    values
+}
+
+/// What the chart renders for a release in `namespace` with `values` (see `test_values`:
+/// no CRD unless `values` asks for it).
+pub fn render(namespace: &str, values: &Value) -> String {
+    render_with_chart_defaults(namespace, &test_values(values))
+}
+
+/// What the chart renders with `values` over the chart's own defaults (its CRD included).
+pub fn render_with_chart_defaults(namespace: &str, values: &Value) -> String {
+    let (ok, out, err) = helm_with_values(
+        "template",
+        chart(),
+        namespace,
+        values,
+        &["--kube-version", KUBE_VERSION],
+    );
     assert!(ok, "helm template failed: {err}");
     out
 }
@@ -88,11 +112,18 @@ pub struct Release {
 }
 
 impl Release {
-    /// `helm install` into `namespace` (which exists) with `values`; returns the release and
-    /// helm's stderr, where the API server's warnings land.
+    /// `helm install` of the chart into `namespace` (which exists) with `values` (see
+    /// `test_values`: no CRD unless `values` asks for it); returns the release and helm's
+    /// stderr, where the API server's warnings land.
     pub fn install(namespace: &str, values: &Value) -> (Self, String) {
-        let (ok, out, err) = helm_with_values("install", namespace, values, &[]);
-        assert!(ok, "helm install failed: {err}\n{out}");
+        Self::install_chart(chart(), namespace, &test_values(values))
+    }
+
+    /// `helm install` of the chart in `chart_dir` (another version of it) with `values` as
+    /// they are.
+    pub fn install_chart(chart_dir: &str, namespace: &str, values: &Value) -> (Self, String) {
+        let (ok, out, err) = helm_with_values("install", chart_dir, namespace, values, &[]);
+        assert!(ok, "helm install of {chart_dir} failed: {err}\n{out}");
         (
             Self {
                 namespace: namespace.to_string(),
@@ -100,6 +131,17 @@ impl Release {
             },
             err,
         )
+    }
+
+    /// `helm upgrade` of the release to the chart in `chart_dir` with `values` as they are
+    /// and `extra` flags; returns (success, stdout, stderr).
+    pub fn upgrade(
+        &self,
+        chart_dir: &str,
+        values: &Value,
+        extra: &[&str],
+    ) -> (bool, String, String) {
+        helm_with_values("upgrade", chart_dir, &self.namespace, values, extra)
     }
 
     pub fn uninstall(&mut self) {

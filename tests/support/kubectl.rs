@@ -33,6 +33,11 @@ pub fn helm_bin() -> PathBuf {
     built("/helm-", "helm")
 }
 
+/// The promtool the harness built (it checks the chart's alerting rules and the metrics).
+pub fn promtool_bin() -> PathBuf {
+    built("/promtool-", "promtool")
+}
+
 /// Runs `bin` with `--kubeconfig kubeconfig` and `args`, `stdin` as its input; returns
 /// (success, stdout, stderr).
 fn run(
