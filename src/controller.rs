@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -24,7 +24,7 @@ use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
-    claim_service_key, controller_uid, index_event, observe, pod_node, trim_pod, trim_slice,
+    claim_service_key, controller_uid, index_event, observe, pod_node, trim_slice, CachedPod,
     Caches, Heartbeats, OwnerIndex, SliceIndex,
 };
 use crate::own_writes::OwnWrites;
@@ -37,6 +37,10 @@ const CACHE_SYNC_RETRY: Duration = Duration::from_millis(250);
 /// How soon a pass skipped on a superseded copy is tried again, should the watch event of
 /// the newer copy (which triggers a pass itself) be slow to come.
 const STALE_COPY_RETRY: Duration = Duration::from_secs(1);
+/// The least time between two status writes of a service that change only what the world
+/// shows again on the next pass (counts, slot states, messages): while pods start in a
+/// burst, each of their events would otherwise write the status once more.
+const STATUS_COALESCE: Duration = Duration::from_secs(1);
 /// How often the counts of repeated Events are written: a repeat shows in
 /// `kubectl describe` within this.
 const EVENT_FLUSH: Duration = Duration::from_secs(30);
@@ -71,6 +75,11 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<ResilientService>, u32>>,
     /// Copies of services our own status writes superseded: no pass plans from them.
     own_writes: OwnWrites<ObjectRef<ResilientService>>,
+    /// Copies of pods whose gate our patch opened: a pass that reads one takes the gate
+    /// as open rather than opening it again.
+    gates_opened: OwnWrites<ObjectRef<CachedPod>>,
+    /// When each service's status was last written (see STATUS_COALESCE).
+    status_written: Mutex<HashMap<ObjectRef<ResilientService>, std::time::Instant>>,
     /// Set once every cache has its first full list. A flag, not a second waiter on the
     /// stores: a store's readiness wakes only one waiting task.
     synced: AtomicBool,
@@ -194,10 +203,15 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let ours = watcher::Config::default().labels(LABEL_SERVICE);
     let (pods_by_owner, pods_by_node) = (OwnerIndex::default(), OwnerIndex::default());
     let (by_owner, by_node) = (pods_by_owner.clone(), pods_by_node.clone());
-    let (pods, pod_events) = indexed(api::<Pod>(&client, ns), ours.clone(), trim_pod, move |e| {
-        index_event(&by_owner, e, controller_uid);
-        index_event(&by_node, e, pod_node);
-    });
+    let (pods, pod_events) = indexed(
+        api::<CachedPod>(&client, ns),
+        ours.clone(),
+        CachedPod::trim,
+        move |e| {
+            index_event(&by_owner, e, controller_uid);
+            index_event(&by_node, e, pod_node);
+        },
+    );
     let claims_by_service = OwnerIndex::default();
     let by_service = claims_by_service.clone();
     let (claims, claim_events) = indexed(
@@ -278,6 +292,8 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         caches: caches.clone(),
         failures: Mutex::default(),
         own_writes: OwnWrites::default(),
+        gates_opened: OwnWrites::default(),
+        status_written: Mutex::default(),
         synced: AtomicBool::new(false),
         metrics: metrics.clone(),
         health: health.clone(),
@@ -311,7 +327,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         let ns = slice.namespace().unwrap_or_default();
         let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
             .filter_map(|pod| pods_in_slices.get(&ObjectRef::new(pod).within(&ns)))
-            .filter(|p| matches!(health::gate_of(p), health::Gate::Closed { .. }))
+            .filter(|p| matches!(health::gate_of(&p.to_pod()), health::Gate::Closed { .. }))
             .filter_map(|p| service_of(p.as_ref()))
             .collect();
         unique(&mut services);
@@ -398,6 +414,11 @@ async fn sweep_deleted(
             failures.retain(|object, _| store.get(object).is_some());
         }
         ctx.own_writes.retain(|object| store.get(object).is_some());
+        if let Ok(mut written) = ctx.status_written.lock() {
+            written.retain(|object, at| store.get(object).is_some() && at.elapsed() < SWEEP);
+        }
+        let pods = &ctx.caches.pods;
+        ctx.gates_opened.retain(|pod| pods.get(pod).is_some());
         // Most sweeps find no drain under way: no scan of every pod then.
         if ctx.caches.slice_index.any_drained() {
             let uids: std::collections::HashSet<String> = ctx
@@ -530,7 +551,16 @@ async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Resu
         tracing::debug!("skipped: the cached copy predates the last status written");
         return Ok(Requeue::requeue(STALE_COPY_RETRY));
     }
-    let observed = observe(svc, &ctx.caches);
+    let mut observed = observe(svc, &ctx.caches);
+    let ns = svc.namespace().unwrap_or_default();
+    let pod_key = |name: &str| ObjectRef::<CachedPod>::new(name).within(&ns);
+    observed.gates_opened = (observed.pods.iter())
+        .filter(|p| {
+            let version = p.metadata.resource_version.as_deref();
+            ctx.gates_opened.is_stale(&pod_key(&p.name_any()), version)
+        })
+        .map(|p| p.name_any())
+        .collect();
     // Whole seconds, as the API server stores times: a status computed twice then compares equal.
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default();
     let seen = health::assess(svc, &observed, now);
@@ -551,17 +581,57 @@ async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Resu
         .iter()
         .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
         .collect();
-    let status = act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;
+    let hold = status_hold(ctx, &key, svc, &plan);
+    let status = act::execute(
+        &ctx.client,
+        &ctx.recorder,
+        svc,
+        &templates,
+        &plan,
+        hold.is_none(),
+    )
+    .await?;
+    if status == act::StatusWrite::Written {
+        if let Ok(mut written) = ctx.status_written.lock() {
+            written.insert(key.clone(), std::time::Instant::now());
+        }
+    }
     if status != act::StatusWrite::Unchanged {
         ctx.own_writes
             .superseded(&key, svc.metadata.resource_version.as_deref());
     }
+    for action in &plan.actions {
+        let plan::Action::OpenGate { name } = action else {
+            continue;
+        };
+        if let Some(pod) = observed.pods.iter().find(|p| p.name_any() == *name) {
+            ctx.gates_opened
+                .superseded(&pod_key(name), pod.metadata.resource_version.as_deref());
+        }
+    }
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(svc.as_ref()));
     }
-    Ok(Requeue::requeue(
-        plan.requeue_after.unwrap_or(RESYNC).min(RESYNC),
-    ))
+    let next = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
+    Ok(Requeue::requeue(hold.map_or(next, |h| h.min(next))))
+}
+
+/// How long the status write of this pass may wait: only when the pass records nothing new
+/// (no action but opening gates, and the same ledger, conditions and rollout) and the last
+/// write is less than STATUS_COALESCE old. The pass is then asked for again when it is over.
+fn status_hold(
+    ctx: &Context,
+    key: &ObjectRef<ResilientService>,
+    svc: &ResilientService,
+    plan: &plan::Plan,
+) -> Option<Duration> {
+    let old = svc.status.as_ref()?;
+    let quiet = (plan.actions.iter()).all(|a| matches!(a, plan::Action::OpenGate { .. }));
+    if !quiet || *old == plan.status || !old.records_as(&plan.status) {
+        return None;
+    }
+    let last = *ctx.status_written.lock().ok()?.get(key)?;
+    STATUS_COALESCE.checked_sub(last.elapsed())
 }
 
 /// Transient errors are retried with a per-object exponential backoff: never a hot loop.

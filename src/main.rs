@@ -21,6 +21,12 @@ enum Command {
     Run(start::RunArgs),
 }
 
+/// With the heap-profile feature every allocation is recorded, at a cost in speed: for
+/// finding what holds memory, never for production.
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
@@ -34,6 +40,14 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(args) => {
             telemetry::init(args.log_format);
+            // Written when the operator stops (SIGTERM): the peak heap by allocation site.
+            #[cfg(feature = "heap-profile")]
+            let _profiler = dhat::Profiler::builder()
+                .file_name(
+                    std::env::var("PERENNIAL_HEAP_PROFILE")
+                        .unwrap_or_else(|_| "perennial-heap.json".into()),
+                )
+                .build();
             match start::main(args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {

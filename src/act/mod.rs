@@ -64,13 +64,14 @@ pub enum StatusWrite {
     Refused,
 }
 
-/// Executes `plan` for `svc`: every action, then the status if it changed.
+/// Executes `plan` for `svc`: every action, then the status if it changed and `write_status_now`.
 pub async fn execute(
     client: &Client,
     recorder: &Recorder,
     svc: &ResilientService,
     templates: &Templates,
     plan: &Plan,
+    write_status_now: bool,
 ) -> Result<StatusWrite, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let ns = ns.as_str();
@@ -109,7 +110,7 @@ pub async fn execute(
     let events = events.into_iter().map(|(_, e)| e).collect();
     recorder.publish_pass(&svc.object_ref(&()), events).await;
     done?;
-    if svc.status.as_ref() == Some(&plan.status) {
+    if !write_status_now || svc.status.as_ref() == Some(&plan.status) {
         return Ok(StatusWrite::Unchanged);
     }
     write_status(client, ns, svc, plan).await

@@ -152,3 +152,46 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }
+
+impl ResilientServiceStatus {
+    /// Whether `other` records what this status records: the generation, the revisions, the
+    /// conditions' status and reason, the rollout, and each slot's ledger (repairs,
+    /// escalation, avoided node, last failure). What differs then is only what the next
+    /// pass sees again of the world (counts, each slot's pod, node and state, the messages
+    /// and what things wait for), so its write may wait a moment without losing anything.
+    pub fn records_as(&self, other: &Self) -> bool {
+        let conditions = |s: &Self| -> Vec<(String, String, String)> {
+            (s.conditions.iter())
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect()
+        };
+        let rollout = |s: &Self| {
+            s.rollout.clone().map(|mut r| {
+                r.waiting_for = None;
+                r
+            })
+        };
+        let ledger = |s: &Self| -> Vec<ReplicaStatus> {
+            (s.replica_statuses.iter())
+                .map(|r| ReplicaStatus {
+                    ordinal: r.ordinal,
+                    restarts_in_window: r.restarts_in_window,
+                    repairs: r.repairs.clone(),
+                    escalation: r.escalation.clone(),
+                    avoid_node: r.avoid_node.clone(),
+                    avoid_node_reason: r.avoid_node_reason.clone(),
+                    last_failure: r.last_failure.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        self.observed_generation == other.observed_generation
+            && self.current_revision == other.current_revision
+            && self.update_revision == other.update_revision
+            && self.selector == other.selector
+            && self.reason == other.reason
+            && conditions(self) == conditions(other)
+            && rollout(self) == rollout(other)
+            && ledger(self) == ledger(other)
+    }
+}

@@ -227,3 +227,56 @@ fn every_cel_rule_in_the_crd_has_a_message_naming_its_field() {
         assert!(text.len() > 10, "a message says what is wrong: {rule}");
     }
 }
+
+#[test]
+fn a_status_that_differs_in_counts_slots_and_messages_records_the_same() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let at = Time(jiff::Timestamp::from_second(1_800_000_000).unwrap());
+    let condition = |status: &str, reason: &str, message: &str| Condition {
+        type_: "Available".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: at.clone(),
+        observed_generation: None,
+    };
+    let slot = |state: &str| ReplicaStatus {
+        ordinal: 0,
+        pod: Some(format!("web-0-{state}")),
+        state: state.into(),
+        ..Default::default()
+    };
+    let base = ResilientServiceStatus {
+        observed_generation: Some(2),
+        replicas: 3,
+        conditions: vec![condition("True", "MinimumReplicasAvailable", "2 of 3")],
+        replica_statuses: vec![slot("Starting")],
+        ..Default::default()
+    };
+    let mut seen_again = base.clone();
+    seen_again.ready_replicas = 3;
+    seen_again.conditions = vec![condition("True", "MinimumReplicasAvailable", "3 of 3")];
+    seen_again.replica_statuses = vec![slot("Ready")];
+    seen_again.domains.insert("zone-a".into(), 3);
+    assert!(base.records_as(&seen_again));
+
+    let changed: [fn(&mut ResilientServiceStatus); 6] = [
+        |s| s.observed_generation = Some(3),
+        |s| s.conditions[0].status = "False".into(),
+        |s| s.conditions[0].reason = "MinimumReplicasUnavailable".into(),
+        |s| s.replica_statuses[0].restarts_in_window = 1,
+        |s| s.replica_statuses[0].avoid_node = Some("n1".into()),
+        |s| s.update_revision = Some("web-2".into()),
+    ];
+    for change in changed {
+        let mut other = seen_again.clone();
+        change(&mut other);
+        assert!(!base.records_as(&other), "{other:?}");
+    }
+    let mut one_more_slot = base.clone();
+    one_more_slot.replica_statuses.push(ReplicaStatus {
+        ordinal: 1,
+        ..Default::default()
+    });
+    assert!(!base.records_as(&one_more_slot));
+}

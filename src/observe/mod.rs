@@ -1,10 +1,12 @@
 //! Reading what exists into plain data. The reads come from shared watch caches, so a
 //! reconcile costs the API server nothing.
 
+mod cached_pod;
 mod endpoints;
 mod heartbeats;
 mod owners;
 
+pub use cached_pod::CachedPod;
 pub use endpoints::{trim_slice, SliceIndex};
 pub use heartbeats::Heartbeats;
 pub use owners::{controller_uid, index_event, OwnerIndex};
@@ -26,7 +28,8 @@ use crate::build;
 /// The shared caches the controller keeps.
 #[derive(Clone)]
 pub struct Caches {
-    pub pods: Store<Pod>,
+    /// Pods of ours, as `CachedPod` keeps them.
+    pub pods: Store<CachedPod>,
     pub claims: Store<PersistentVolumeClaim>,
     pub revisions: Store<ControllerRevision>,
     pub services: Store<Service>,
@@ -57,8 +60,8 @@ pub fn claim_service_key<K: Resource>(object: &K) -> Option<String> {
 }
 
 /// The key `Caches::pods_by_node` indexes a pod by: the node it is bound to.
-pub fn pod_node(pod: &Pod) -> Option<String> {
-    pod.spec.as_ref()?.node_name.clone()
+pub fn pod_node(pod: &CachedPod) -> Option<String> {
+    pod.node_name().map(str::to_string)
 }
 
 impl Caches {
@@ -107,6 +110,8 @@ pub struct Observed {
     pub listings: BTreeMap<String, crate::health::Listing>,
     /// Pods drained with their gate closed, by name: since when the operator saw them so.
     pub drained: BTreeMap<String, jiff::Timestamp>,
+    /// Pods whose gate the operator opened, though their cached copy predates the patch.
+    pub gates_opened: std::collections::BTreeSet<String>,
 }
 
 /// Collects what exists for `svc` from the caches.
@@ -167,6 +172,7 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         .owned(&uid, &caches.pods)
         .into_iter()
         .filter(|p| controlled(p.meta()))
+        .map(|p| Arc::new(p.to_pod()))
         .collect();
     let (listings, drained) = drains(&namespace, &pods, caches, now);
     Observed {
@@ -193,6 +199,7 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             .collect(),
         leases,
         volumes,
+        gates_opened: Default::default(),
     }
 }
 
@@ -243,111 +250,11 @@ fn pods_on_fenced_nodes(
         return out;
     }
     for (node, on) in out.iter_mut() {
-        *on = caches.pods_by_node.owned(node, &caches.pods);
         // The index hears of a change just before the store applies it.
-        on.retain(|p| pod_node(p).as_deref() == Some(node.as_str()));
+        *on = (caches.pods_by_node.owned(node, &caches.pods).into_iter())
+            .filter(|p| p.node_name() == Some(node.as_str()))
+            .map(|p| Arc::new(p.to_pod()))
+            .collect();
     }
     out
-}
-
-/// Keeps of a pod what the operator reads: its metadata but annotations, the node it is
-/// bound to, its readiness gates, each container's name, image and resources (whether an
-/// in-place upgrade has been carried out), and its status. The rest of the spec (commands,
-/// env, volumes, tolerations, the projected token volume) is most of a pod's size, and the
-/// operator builds pods from its ControllerRevisions, never from other pods: at 10,000
-/// pods this is most of its memory.
-pub fn trim_pod(pod: &mut Pod) {
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
-    pod.metadata.annotations = None;
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            readiness_gates: spec.readiness_gates,
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    image: c.image,
-                    resources: c.resources,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.pod_ips = None;
-        status.host_ips = None;
-        for c in status.container_statuses.iter_mut().flatten() {
-            c.image_id = String::new();
-            c.container_id = None;
-            c.volume_mounts = None;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::health::judge_pod;
-
-    /// A pod as the API server returns it, with everything admission adds.
-    fn full_pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-0-abc", "namespace": "shop", "uid": "u",
-                "labels": {"perennial.dev/service": "web", "perennial.dev/slot": "0"},
-                "annotations": {"note": "x".repeat(2000)},
-                "ownerReferences": [{"apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
-                    "name": "web", "uid": "s", "controller": true}]},
-            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "example/app:1",
-                "env": [{"name": "A", "value": "x".repeat(2000)}]}],
-                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}],
-                "volumes": [{"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]},
-            "status": status,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_trimmed_pod_is_judged_as_the_whole_pod_and_is_much_smaller() {
-        let at = "2026-01-01T00:00:00Z";
-        let statuses = [
-            serde_json::json!({"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}],
-                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": at}],
-                "containerStatuses": [{"name": "app", "image": "example/app:1", "imageID": "sha256:x",
-                    "containerID": "c://1", "ready": true, "restartCount": 0, "started": true,
-                    "state": {"running": {"startedAt": at}}}]}),
-            serde_json::json!({"phase": "Running",
-                "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": at}],
-                "containerStatuses": [{"name": "app", "image": "example/app:1", "imageID": "sha256:x",
-                    "ready": false, "restartCount": 7,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
-                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}),
-            serde_json::json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory"}),
-            serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
-                "status": "False", "reason": "Unschedulable", "message": "0/3 nodes", "lastTransitionTime": at}]}),
-        ];
-        for status in statuses {
-            let whole = full_pod(status.clone());
-            let mut trimmed = whole.clone();
-            trim_pod(&mut trimmed);
-            assert_eq!(judge_pod(&trimmed), judge_pod(&whole), "{status}");
-            assert_eq!(
-                trimmed.spec.as_ref().unwrap().node_name.as_deref(),
-                Some("n1")
-            );
-            assert_eq!(
-                trimmed.metadata.owner_references,
-                whole.metadata.owner_references
-            );
-            let size = |p: &Pod| serde_json::to_string(p).unwrap().len();
-            assert!(
-                size(&trimmed) * 4 < size(&whole),
-                "{} of {}",
-                size(&trimmed),
-                size(&whole)
-            );
-        }
-    }
 }

@@ -67,6 +67,8 @@ fn audit_log() -> std::path::PathBuf {
 /// the controller manager's own identity.
 struct Tally {
     by_verb: BTreeMap<String, u64>,
+    /// The writes of `users` by `verb resource[/subresource]`: where they go.
+    writes_by_resource: BTreeMap<String, u64>,
     event_writes: u64,
 }
 
@@ -76,6 +78,7 @@ fn tally(users: &[&str], event_users: &[&str], ns: &str, from: u64, to: u64) -> 
     let text = String::from_utf8_lossy(bytes.get(from.min(to)..to).unwrap_or_default());
     let mut out = Tally {
         by_verb: BTreeMap::new(),
+        writes_by_resource: BTreeMap::new(),
         event_writes: 0,
     };
     for e in text
@@ -93,11 +96,19 @@ fn tally(users: &[&str], event_users: &[&str], ns: &str, from: u64, to: u64) -> 
         if !counted {
             continue;
         }
+        let write = ["create", "patch", "update"].contains(&verb);
         if users.contains(&user) {
             *out.by_verb.entry(verb.to_string()).or_default() += 1;
+            if write || verb == "delete" {
+                let resource = e["objectRef"]["resource"].as_str().unwrap_or_default();
+                let key = match e["objectRef"]["subresource"].as_str() {
+                    Some(sub) => format!("{verb} {resource}/{sub}"),
+                    None => format!("{verb} {resource}"),
+                };
+                *out.writes_by_resource.entry(key).or_default() += 1;
+            }
         }
         let event = e["objectRef"]["resource"] == "events" && e["objectRef"]["namespace"] == ns;
-        let write = ["create", "patch", "update"].contains(&verb);
         if event && write && (users.contains(&user) || event_users.contains(&user)) {
             out.event_writes += 1;
         }
@@ -303,16 +314,25 @@ async fn bench_scale_many_services() {
         "all_available_seconds": ours_row.available,
         "rss_mib": rss, "peak_rss_mib": peak, "cpu_seconds_converging": ours_row.cpu_converging,
         "cpu_seconds_steady": ours_row.cpu_steady, "requests_by_verb": converging.by_verb,
+        "writes_by_resource": converging.writes_by_resource,
         "writes_converging": ours_row.writes, "event_writes_converging": ours_row.event_writes,
         "steady_writes": ours_row.steady_writes, "steady_seconds": steady.as_secs(),
         "reconcile_p50_s_upper_bound": p50, "reconcile_p99_s_upper_bound": p99,
         "peak_rss_kib_per_pod": peak * 1024.0 / pods_total as f64,
         "cpu_ms_per_pod_converging": ours_row.cpu_converging * 1000.0 / pods_total as f64,
     }));
+    if std::env::var_os("PERENNIAL_HEAP_PROFILE").is_some() {
+        stop_gracefully(op);
+    } else {
+        drop(op);
+    }
     let ns_name = ns.name.clone();
-    drop(op);
     drop(ns);
     wait_no_pods(&ns_name).await;
+    if env_or("BENCH_SCALE_BUILTIN", 1) == 0 {
+        println!("{}", serde_json::to_string(&rows[0]).unwrap());
+        return;
+    }
 
     // The built-in deployment and replicaset controllers, inside the controller manager.
     let ns = TestNamespace::new("bench-scale").await;
@@ -351,6 +371,7 @@ async fn bench_scale_many_services() {
         "controller_manager_cpu_seconds_converging": theirs_row.cpu_converging,
         "controller_manager_cpu_seconds_steady": theirs_row.cpu_steady,
         "requests_by_verb": converging.by_verb,
+        "writes_by_resource": converging.writes_by_resource,
         "writes_converging": theirs_row.writes, "event_writes_converging": theirs_row.event_writes,
         "steady_writes": theirs_row.steady_writes, "steady_seconds": steady.as_secs(),
         "cpu_ms_per_pod_converging": theirs_row.cpu_converging * 1000.0 / pods_total as f64,
@@ -394,6 +415,18 @@ async fn bench_scale_many_services() {
     write_results("scale", json!(rows));
     // One file per size too: the scaling curve (docs/plot_scale.py) reads them all.
     write_results(&format!("scale-{pods_total}"), json!(rows));
+}
+
+/// SIGTERM, so that a heap-profiling build writes its profile, then waits for the exit.
+fn stop_gracefully(mut op: Operator) {
+    let pid = op.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    if sent {
+        let _ = op.child.wait();
+    }
 }
 
 /// One side's figures, as the table prints them.

@@ -22,6 +22,10 @@ pub fn pods(observed: &Observed, judge: &NodeJudge) -> (Vec<PodView>, Vec<String
                 // Whatever a pod's last status says, nothing runs it once its node is lost.
                 let name = pod.name_any();
                 let mut serving = Serving::of(pod);
+                // Opened by our own patch, which the cache has yet to show.
+                if serving.gate == Gate::Unset && observed.gates_opened.contains(&name) {
+                    serving.gate = Gate::Open;
+                }
                 serving.listing = observed.listings.get(&name).copied().unwrap_or_default();
                 serving.drained_since = observed.drained.get(&name).copied();
                 let state = match node.as_deref().map(|n| judge.health(n)) {
@@ -184,5 +188,46 @@ mod tests {
             PodState::Starting,
             "patched in place, not yet restarted"
         );
+    }
+
+    #[test]
+    fn a_gate_the_operator_opened_counts_as_open_until_the_cache_shows_the_patch() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns",
+                "labels": {"perennial.dev/slot": "0", "perennial.dev/revision": "r"}},
+            "spec": {"nodeName": "n1", "readinessGates": [{"conditionType": crate::api::GATE_SERVING}],
+                "containers": [{"name": "app", "image": "app:1"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "ContainersReady", "status": "True"}],
+                "containerStatuses": [{"name": "app", "image": "app:1", "imageID": "",
+                    "ready": true, "restartCount": 0, "started": true}]}
+        }))
+        .unwrap();
+        let mut observed = Observed {
+            pods: vec![std::sync::Arc::new(pod)],
+            nodes: [("n1".to_string(), node("n1", "a"))].into_iter().collect(),
+            leases: [("n1".to_string(), lease("n1", NOW - 1))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let gate = |observed: &Observed| {
+            pods(observed, &NodeJudge::new(&svc(), observed, at(NOW))).0[0]
+                .serving
+                .gate
+        };
+        assert_eq!(gate(&observed), Gate::Unset);
+        observed.gates_opened.insert("p".into());
+        assert_eq!(gate(&observed), Gate::Open);
+        // A gate the cache shows closed stays closed: only an unset one is taken as opened.
+        let mut closed = (*observed.pods[0]).clone();
+        let conditions = closed.status.as_mut().unwrap().conditions.as_mut().unwrap();
+        conditions.push(
+            serde_json::from_value(serde_json::json!({
+            "type": crate::api::GATE_SERVING, "status": "False", "reason": "Retiring",
+            "lastTransitionTime": at(NOW - 5).to_string()}))
+            .unwrap(),
+        );
+        observed.pods = vec![std::sync::Arc::new(closed)];
+        assert!(matches!(gate(&observed), Gate::Closed { .. }));
     }
 }
