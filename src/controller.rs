@@ -327,7 +327,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         let ns = slice.namespace().unwrap_or_default();
         let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
             .filter_map(|pod| pods_in_slices.get(&ObjectRef::new(pod).within(&ns)))
-            .filter(|p| matches!(health::gate_of(&p.to_pod()), health::Gate::Closed { .. }))
+            .filter(|p| matches!(p.gate(), health::Gate::Closed { .. }))
             .filter_map(|p| service_of(p.as_ref()))
             .collect();
         unique(&mut services);

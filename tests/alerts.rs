@@ -6,9 +6,8 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -28,35 +27,15 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// stderr).
 fn promtool(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let bin = promtool_bin();
-    let mut child = Command::new(&bin)
-        .current_dir(dir)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {} ({e}); e2e/cluster/build builds it", bin.display()));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(input.as_bytes())
-            .expect("write promtool's input");
-    }
-    let out = child.wait_with_output().expect("promtool finishes");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    assert!(
+        bin.exists(),
+        "no {} (e2e/cluster/build builds it)",
+        bin.display()
+    );
+    let mut command = Command::new(&bin);
+    command.current_dir(dir).args(args);
+    let (ok, out, err) = output_of(command, stdin);
+    (ok, format!("{out}{err}"))
 }
 
 fn read(relative: &str) -> String {

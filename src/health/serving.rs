@@ -2,7 +2,7 @@
 //! containers run what its spec says (after an in-place patch).
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodCondition, PodReadinessGate};
 
 use crate::api::GATE_SERVING;
 
@@ -101,23 +101,20 @@ impl Serving {
 
 /// The gate as the pod's spec and status say.
 pub fn gate_of(pod: &Pod) -> Gate {
-    let gated = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.readiness_gates.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .any(|g| g.condition_type == GATE_SERVING);
+    gate_from(
+        pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref()),
+        pod.status.as_ref().and_then(|s| s.conditions.as_deref()),
+    )
+}
+
+/// The gate from a pod's readiness gates and conditions.
+pub fn gate_from(gates: Option<&[PodReadinessGate]>, conditions: Option<&[PodCondition]>) -> Gate {
+    let gated = (gates.unwrap_or_default().iter()).any(|g| g.condition_type == GATE_SERVING);
     if !gated {
         return Gate::Absent;
     }
-    let condition: Option<&PodCondition> = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .find(|c| c.type_ == GATE_SERVING);
+    let condition: Option<&PodCondition> =
+        (conditions.unwrap_or_default().iter()).find(|c| c.type_ == GATE_SERVING);
     match condition {
         None => Gate::Unset,
         Some(c) if c.status == "True" => Gate::Open,

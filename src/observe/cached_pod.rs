@@ -78,6 +78,16 @@ impl CachedPod {
         self.spec.as_ref()?.node_name.as_deref()
     }
 
+    /// Its readiness gate, read without making a whole `Pod` of it.
+    pub fn gate(&self) -> crate::health::Gate {
+        crate::health::gate_from(
+            self.spec
+                .as_ref()
+                .and_then(|s| s.readiness_gates.as_deref()),
+            self.status.as_ref().and_then(|s| s.conditions.as_deref()),
+        )
+    }
+
     /// The pod as a `Pod`, with the fields kept and every other one unset.
     pub fn to_pod(&self) -> Pod {
         Pod {
@@ -183,6 +193,7 @@ mod tests {
             let pod = cached.to_pod();
             assert_eq!(judge_pod(&pod), judge_pod(&whole), "{status}");
             assert_eq!(gate_of(&pod), gate_of(&whole), "{status}");
+            assert_eq!(cached.gate(), gate_of(&whole), "{status}");
             assert_eq!(Serving::of(&pod), Serving::of(&whole), "{status}");
             assert_eq!(cached.node_name(), Some("n1"));
             assert_eq!(

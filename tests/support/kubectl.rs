@@ -47,10 +47,13 @@ fn run(
     stdin: Option<&str>,
 ) -> (bool, String, String) {
     let mut command = Command::new(bin);
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    output_of(command, stdin)
+}
+
+/// Runs `command` with `stdin` as its input; returns (success, stdout, stderr).
+pub fn output_of(mut command: Command, stdin: Option<&str>) -> (bool, String, String) {
     command
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -58,9 +61,10 @@ fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
     if let Some(input) = stdin {
         child
             .stdin

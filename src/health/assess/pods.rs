@@ -128,6 +128,18 @@ mod tests {
         assert_eq!(pods[1].node.as_deref(), Some("n2"));
     }
 
+    /// `pod` alone, on node n1, whose lease was renewed a second ago.
+    fn on_live_node(pod: k8s_openapi::api::core::v1::Pod) -> Observed {
+        Observed {
+            pods: vec![std::sync::Arc::new(pod)],
+            nodes: [("n1".to_string(), node("n1", "a"))].into_iter().collect(),
+            leases: [("n1".to_string(), lease("n1", NOW - 1))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_pod_whose_gate_is_not_open_or_that_runs_an_old_spec_is_not_ready_whatever_its_status_says()
     {
@@ -142,14 +154,7 @@ mod tests {
                         "ready": true, "restartCount": 0, "started": true}]}
             }))
             .unwrap();
-            let observed = Observed {
-                pods: vec![std::sync::Arc::new(pod)],
-                nodes: [("n1".to_string(), node("n1", "a"))].into_iter().collect(),
-                leases: [("n1".to_string(), lease("n1", NOW - 1))]
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            };
+            let observed = on_live_node(pod);
             pods(&observed, &NodeJudge::new(&svc(), &observed, at(NOW))).0[0]
                 .state
                 .clone()
@@ -202,14 +207,7 @@ mod tests {
                     "ready": true, "restartCount": 0, "started": true}]}
         }))
         .unwrap();
-        let mut observed = Observed {
-            pods: vec![std::sync::Arc::new(pod)],
-            nodes: [("n1".to_string(), node("n1", "a"))].into_iter().collect(),
-            leases: [("n1".to_string(), lease("n1", NOW - 1))]
-                .into_iter()
-                .collect(),
-            ..Default::default()
-        };
+        let mut observed = on_live_node(pod);
         let gate = |observed: &Observed| {
             pods(observed, &NodeJudge::new(&svc(), observed, at(NOW))).0[0]
                 .serving
