@@ -6,6 +6,7 @@
 pub mod act;
 pub mod api;
 pub mod build;
+pub mod cli;
 pub mod controller;
 pub mod crd_check;
 pub mod health;

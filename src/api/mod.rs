@@ -41,6 +41,9 @@ pub const ANNOTATION_PROMOTE: &str = "perennial.dev/promote";
 /// Annotation that aborts the rollout in progress ("true", or the revision's name): the
 /// service returns to its last stable revision, and the aborted one is marked bad.
 pub const ANNOTATION_ABORT: &str = "perennial.dev/abort";
+/// Template annotation `kubectl perennial restart` sets to the time of the restart: a new
+/// template, so a new revision rolled out like any other, with every guarantee of a rollout.
+pub const ANNOTATION_RESTARTED_AT: &str = "perennial.dev/restarted-at";
 /// Annotation on a ControllerRevision marking it failed, with the reason.
 pub const ANNOTATION_BAD_REVISION: &str = "perennial.dev/failed";
 /// Annotation on a ControllerRevision whose pods the API server refused as invalid, with

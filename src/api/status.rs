@@ -77,7 +77,8 @@ pub struct ReplicaStatus {
     /// The node the pod runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// Pending, Starting, Ready, Failing, Repairing, Quarantined.
+    /// Pending, Starting, Ready, NotReady, Failing, Waiting (its repair waits, see
+    /// waitingFor), Repairing, Draining, Terminating, OnLostNode, Missing, Quarantined.
     #[serde(default)]
     pub state: String,
     /// The revision of the slot's pod.

@@ -67,8 +67,8 @@ pub(super) fn canary_step(
                     let fresh = promoted.is_some() && promoted != status.promoted;
                     if !fresh {
                         status.waiting_for = Some(format!(
-                            "promotion: kubectl annotate rsvc {} {ANNOTATION_PROMOTE}=$(date +%s) --overwrite",
-                            svc.metadata.name.as_deref().unwrap_or_default()
+                            "promotion: kubectl perennial promote {name}, or kubectl annotate rsvc {name} {ANNOTATION_PROMOTE}=$(date +%s) --overwrite",
+                            name = svc.metadata.name.as_deref().unwrap_or_default()
                         ));
                         break;
                     }
