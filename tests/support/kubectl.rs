@@ -38,6 +38,11 @@ pub fn promtool_bin() -> PathBuf {
     built("/promtool-", "promtool")
 }
 
+/// A binary of the toxiproxy the harness built (`toxiproxy-server`, `toxiproxy-cli`).
+pub fn toxiproxy_bin(name: &str) -> PathBuf {
+    built("/toxiproxy-", name)
+}
+
 /// Runs `bin` with `--kubeconfig kubeconfig` and `args`, `stdin` as its input; returns
 /// (success, stdout, stderr).
 fn run(

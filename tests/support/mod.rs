@@ -28,6 +28,7 @@ mod operator;
 mod wait;
 
 pub mod chart;
+pub mod fault_proxy;
 pub mod nodes;
 pub mod pods;
 pub mod real;

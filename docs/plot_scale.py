@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Draws the scaling curve of docs/benchmarks.md from the scale benchmark's results.
+
+Each run of `make bench` (or of bench_scale_many_services alone) writes
+bench-results/scale-<pods>.json. This reads every one of them and draws memory, CPU and
+writes against the pod count, the operator beside the controller manager, into
+docs/benchmarks-scale.png. Needs matplotlib (`pip install matplotlib`).
+
+    python3 docs/plot_scale.py [RESULTS_DIR] [OUT_PNG]
+"""
+
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: a file only
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load(results_dir):
+    points = {}
+    for path in glob.glob(os.path.join(results_dir, "scale-*.json")):
+        with open(path) as f:
+            rows = json.load(f)["results"]
+        for row in rows:
+            points.setdefault(row["controller"], []).append(row)
+    for rows in points.values():
+        rows.sort(key=lambda r: r["pods"])
+    return points
+
+
+def series(rows, *keys):
+    xs, ys = [], []
+    for r in rows:
+        value = next((r[k] for k in keys if k in r), None)
+        if value is not None:
+            xs.append(r["pods"])
+            ys.append(value)
+    return xs, ys
+
+
+def main():
+    results_dir = sys.argv[1] if len(sys.argv) > 1 else "bench-results"
+    out = sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks-scale.png"
+    points = load(results_dir)
+    if "perennial" not in points:
+        sys.exit(f"no scale results in {results_dir}: run the scale benchmark first")
+    ours = points["perennial"]
+    theirs = points.get("deployment", [])
+    panels = [
+        ("Memory (MiB)", ("peak_rss_mib",), ("controller_manager_rss_mib",),
+         "Perennial, peak RSS", "controller manager, RSS (all its controllers)"),
+        ("CPU while converging (s)", ("cpu_seconds_converging",),
+         ("controller_manager_cpu_seconds_converging",),
+         "Perennial", "controller manager"),
+        ("Writes while converging (Events included)", ("writes_converging",),
+         ("writes_converging",), "Perennial", "Deployment + ReplicaSet controllers"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
+    for ax, (title, our_keys, their_keys, our_label, their_label) in zip(axes, panels):
+        x, y = series(ours, *our_keys)
+        ax.plot(x, y, "o-", color="tab:green", label=our_label)
+        if theirs:
+            x, y = series(theirs, *their_keys)
+            ax.plot(x, y, "s--", color="tab:gray", label=their_label)
+        ax.set_title(title)
+        ax.set_xlabel("pods (10 per service)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Scale: one run per size, both sides on the same cluster (log-log)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out} from {sum(len(r) for r in points.values())} results")
+
+
+if __name__ == "__main__":
+    main()
