@@ -22,16 +22,6 @@ use support::*;
 const THREE_ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 /// Every request of the operator is slowed here: room for a busy machine on top.
 const SLOW: Duration = Duration::from_secs(360);
-/// The short lease timings of the elector tests: a standby takes over within seconds.
-const TIMINGS: [&str; 6] = [
-    "--lease-duration-seconds",
-    "6",
-    "--lease-renew-seconds",
-    "2",
-    "--lease-renew-deadline-seconds",
-    "4",
-];
-
 /// Pods the operator's identity created in `namespace`, by name, counting only creates
 /// the server accepted: a create retried after a reset must find the pod there, not make
 /// a second one.
@@ -50,6 +40,18 @@ fn accepted_pod_creates(namespace: &str) -> BTreeMap<String, usize> {
         }
     }
     creates
+}
+
+/// Waits until `op` holds `lease` (its identity ends in its process id).
+async fn wait_holder(ns: &TestNamespace, lease: &str, op: &Operator, what: &str) {
+    let id = format!("-{}", op.child.id());
+    wait_for(what, SLOW, || async {
+        match holder(ns, lease).await {
+            Some(h) if h.ends_with(&id) => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
 }
 
 fn assert_each_pod_created_once(namespace: &str) {
@@ -140,18 +142,11 @@ async fn a_leader_cut_off_by_a_blackhole_stops_within_its_renew_deadline_before_
         "--lease-name",
         lease,
     ];
-    args.extend(TIMINGS);
+    args.extend(SHORT_LEASE);
     args.extend(["--metrics-addr", "127.0.0.1:0"]);
     let mut cut_off = Operator::start_with_kubeconfig(&ns.name, &proxy.kubeconfig, &args);
-    let cut_off_id = format!("-{}", cut_off.child.id());
-    wait_for("the proxied operator to lead", SLOW, || async {
-        match holder(&ns, lease).await {
-            Some(h) if h.ends_with(&cut_off_id) => Ok(()),
-            other => Err(format!("holder {other:?}")),
-        }
-    })
-    .await;
-    let standby = elector_with(&ns.name, lease, &TIMINGS);
+    wait_holder(&ns, lease, &cut_off, "the proxied operator to lead").await;
+    let standby = elector_with(&ns.name, lease, &SHORT_LEASE);
 
     let spec = json!({"replicas": 3, "update": {"minReadySeconds": 0}});
     let api = create_service(&ns, &placed_service("web", nodes.placement(), spec)).await;
@@ -180,14 +175,7 @@ async fn a_leader_cut_off_by_a_blackhole_stops_within_its_renew_deadline_before_
         "a leader that cannot renew stops at its renew deadline, not {stopped_after:?} later"
     );
 
-    let standby_id = format!("-{}", standby.child.id());
-    wait_for("the standby to take the lease", SLOW, || async {
-        match holder(&ns, lease).await {
-            Some(h) if h.ends_with(&standby_id) => Ok(()),
-            other => Err(format!("holder {other:?}")),
-        }
-    })
-    .await;
+    wait_holder(&ns, lease, &standby, "the standby to take the lease").await;
     let leases: Api<Lease> = ns.api();
     let acquired = (leases.get(lease).await.unwrap().spec)
         .and_then(|s| s.acquire_time)

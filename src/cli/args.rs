@@ -205,11 +205,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     };
     match cli.verb {
         Verb::Get { name, watch: false } => {
-            let want = Want {
-                zones: true,
-                events: false,
-            };
-            let snap = snapshot::fetch(&target.client, &target.namespace, &name, want).await?;
+            let snap =
+                snapshot::fetch(&target.client, &target.namespace, &name, Want::TREE).await?;
             out(&tree::render(&snap, jiff::Timestamp::now(), style));
             Ok(exit::OK)
         }
@@ -244,11 +241,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Verb::Ledger { name } => {
-            let want = Want {
-                zones: false,
-                events: true,
-            };
-            let snap = snapshot::fetch(&target.client, &target.namespace, &name, want).await?;
+            let snap =
+                snapshot::fetch(&target.client, &target.namespace, &name, Want::LEDGER).await?;
             out(&ledger::render(&snap, jiff::Timestamp::now(), style));
             Ok(exit::OK)
         }
@@ -313,23 +307,14 @@ const KUBECTL_COMPLETE_HELPER: &str = r#"#!/bin/sh
 exec kubectl-perennial __complete "$@"
 "#;
 
-/// The verbs, as completion offers them.
-pub const VERBS: [&str; 14] = [
-    "get",
-    "status",
-    "promote",
-    "abort",
-    "pause",
-    "resume",
-    "restart",
-    "undo",
-    "set",
-    "history",
-    "ledger",
-    "completion",
-    "help",
-    "--help",
-];
+/// The verbs, as completion offers them: every verb of the command line but the hidden.
+fn verbs() -> Vec<String> {
+    (Cli::command().get_subcommands())
+        .filter(|v| !v.is_hide_set())
+        .map(|v| v.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect()
+}
 
 /// The candidates for the last of `words`: a verb, then a service name of the namespace.
 pub async fn complete(target: Option<&Target>, words: &[String]) -> String {
@@ -339,7 +324,7 @@ pub async fn complete(target: Option<&Target>, words: &[String]) -> String {
         .filter(|w| !w.starts_with('-'))
         .collect();
     let candidates: Vec<String> = match positional.as_slice() {
-        [] => VERBS.iter().map(|v| v.to_string()).collect(),
+        [] => verbs(),
         ["set"] => vec!["image".into()],
         ["completion"] => ["bash", "zsh", "fish", "powershell", "elvish", "kubectl"]
             .map(String::from)

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use super::style::{columns, Style, Tone};
+use super::style::{columns, paint_row, Style, Tone};
 use super::Snapshot;
 use crate::api::{ANNOTATION_BAD_REVISION, ANNOTATION_INVALID_TEMPLATE, ANNOTATION_RESTARTED_AT};
 use crate::build;
@@ -238,17 +238,7 @@ pub fn render(snapshot: &Snapshot, style: Style) -> String {
     let mut out = columns(&header.map(|h| (h.to_string(), h.chars().count())), &widths);
     out.push('\n');
     for row in cells {
-        let painted: Vec<(String, usize)> = (row.into_iter())
-            .map(|(text, tone)| {
-                let len = text.chars().count();
-                let text = if tone == Tone::Bold {
-                    text
-                } else {
-                    style.paint(tone, &text)
-                };
-                (text, len)
-            })
-            .collect();
+        let painted = paint_row(style, row);
         out.push_str(&columns(&painted, &widths));
         out.push('\n');
     }

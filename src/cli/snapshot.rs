@@ -83,6 +83,19 @@ pub struct Want {
     pub events: bool,
 }
 
+impl Want {
+    /// What `get` shows: the zones of the nodes.
+    pub const TREE: Want = Want {
+        zones: true,
+        events: false,
+    };
+    /// What `ledger` shows: the Events.
+    pub const LEDGER: Want = Want {
+        zones: false,
+        events: true,
+    };
+}
+
 /// Reads service `name` in `namespace` and what it owns.
 pub async fn fetch(
     client: &Client,
@@ -108,7 +121,7 @@ pub async fn fetch(
         .items;
     let zones = if want.zones {
         let key = service.spec.redundancy.topology_key.clone();
-        zones_of(client, &pods, &key).await
+        zones_of(client, &pods, &key, &BTreeMap::new()).await
     } else {
         BTreeMap::new()
     };
@@ -120,16 +133,24 @@ pub async fn fetch(
     Ok(Snapshot::new(service, pods, revisions, zones, events))
 }
 
-/// The domain of each node the pods run on. Reading nodes is a cluster-wide right a user
-/// of one namespace may lack: then the zones are simply not shown.
-pub async fn zones_of(client: &Client, pods: &[Pod], key: &str) -> BTreeMap<String, String> {
+/// The domain of each node the pods run on; a node in `known` is not read again. Reading
+/// nodes is a cluster-wide right a user of one namespace may lack: then the zones are
+/// simply not shown.
+pub async fn zones_of(
+    client: &Client,
+    pods: &[Pod],
+    key: &str,
+    known: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut zones = BTreeMap::new();
     let names: std::collections::BTreeSet<String> = (pods.iter())
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .collect();
     for node in names {
-        if let Ok(Some(n)) = nodes.get_opt(&node).await {
+        if let Some(zone) = known.get(&node) {
+            zones.insert(node, zone.clone());
+        } else if let Ok(Some(n)) = nodes.get_opt(&node).await {
             if let Some(zone) = n.labels().get(key) {
                 zones.insert(node, zone.clone());
             }

@@ -95,6 +95,22 @@ pub fn duration(secs: i64) -> String {
     }
 }
 
+/// Paints each cell in its tone (`Bold` cells stay as they are), keeping each cell's plain
+/// width for [`columns`].
+pub fn paint_row(style: Style, cells: Vec<(String, Tone)>) -> Vec<(String, usize)> {
+    (cells.into_iter())
+        .map(|(text, tone)| {
+            let len = text.chars().count();
+            let text = if tone == Tone::Bold {
+                text
+            } else {
+                style.paint(tone, &text)
+            };
+            (text, len)
+        })
+        .collect()
+}
+
 /// Pads `cells` (already painted, perhaps) to the widths their plain text takes in
 /// `widths`, so colour codes do not skew the columns.
 pub fn columns(cells: &[(String, usize)], widths: &[usize]) -> String {

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::history;
-use super::style::{age, columns, duration, state_tone, Style, Tone};
+use super::style::{age, columns, duration, paint_row, state_tone, Style, Tone};
 use super::verdict::{judge, Verdict};
 use super::Snapshot;
 use crate::api::{condition, ReplicaStatus, LABEL_REVISION, LABEL_SLOT};
@@ -271,17 +271,7 @@ fn slots(snapshot: &Snapshot, now: Timestamp, style: Style) -> Vec<String> {
     let mut lines = Vec::new();
     for (i, (entry, cells)) in entries.iter().zip(rows).enumerate() {
         let last = i + 1 == count;
-        let painted: Vec<(String, usize)> = (cells.into_iter())
-            .map(|(text, tone)| {
-                let len = text.chars().count();
-                let text = if tone == Tone::Bold {
-                    text
-                } else {
-                    style.paint(tone, &text)
-                };
-                (text, len)
-            })
-            .collect();
+        let painted = paint_row(style, cells);
         lines.push(format!(
             "{}{}",
             if last { LAST } else { BRANCH },

@@ -29,26 +29,23 @@ async fn read(target: &Target, name: &str) -> Result<Snapshot, CliError> {
     snapshot::fetch(&target.client, &target.namespace, name, Want::default()).await
 }
 
+/// Patches the service. `read_generation` is the generation a tested JSON patch (see
+/// [`json_patch`]) was made from, None for a merge patch.
 async fn patch(
     target: &Target,
     name: &str,
     patch: Patch<Value>,
+    read_generation: Option<i64>,
 ) -> Result<ResilientService, CliError> {
     let api: Api<ResilientService> = Api::namespaced(target.client.clone(), &target.namespace);
     match api.patch(name, &params(), &patch).await {
         Ok(svc) => Ok(svc),
         Err(kube::Error::Api(s)) if s.code == 409 => Err(CliError::Conflict(name.to_string())),
-        // A JSON patch whose generation test failed is refused as invalid, like a spec the
-        // schema refuses: only a spec that moved on tells the two apart.
-        Err(e @ kube::Error::Api(_)) if matches!(patch, Patch::Json(_)) => {
-            let test = |p: &Patch<Value>| match p {
-                Patch::Json(ops) => serde_json::to_value(ops)
-                    .ok()
-                    .and_then(|v| v[0]["value"].as_i64()),
-                _ => None,
-            };
+        // A failed test is refused as invalid, as a spec the schema refuses would be: only a
+        // spec that moved on tells the two apart.
+        Err(e @ kube::Error::Api(_)) if read_generation.is_some() => {
             let now = api.get(name).await.ok().and_then(|s| s.metadata.generation);
-            if now.is_some() && now != test(&patch) {
+            if now.is_some() && now != read_generation {
                 Err(CliError::Conflict(name.to_string()))
             } else {
                 Err(CliError::api("patch", "resilientservice", name, e))
@@ -68,10 +65,6 @@ fn json_patch(svc: &ResilientService, mut ops: Vec<Value>) -> Result<Patch<Value
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
         .map_err(|e| CliError::Refused(format!("internal: a malformed patch: {e}")))?;
     Ok(Patch::Json(patch))
-}
-
-fn merge(value: Value) -> Patch<Value> {
-    Patch::Merge(value)
 }
 
 fn now() -> String {
@@ -96,7 +89,8 @@ pub async fn promote(target: &Target, name: &str) -> Result<String, CliError> {
     patch(
         target,
         name,
-        merge(json!({"metadata": {"annotations": {ANNOTATION_PROMOTE: now()}}})),
+        Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_PROMOTE: now()}}})),
+        None,
     )
     .await?;
     let step = rollout.canary_step.unwrap_or(0).max(0) as usize;
@@ -125,7 +119,8 @@ pub async fn abort(target: &Target, name: &str) -> Result<String, CliError> {
     patch(
         target,
         name,
-        merge(json!({"metadata": {"annotations": {ANNOTATION_ABORT: update}}})),
+        Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_ABORT: update}}})),
+        None,
     )
     .await?;
     Ok(format!(
@@ -146,7 +141,13 @@ pub async fn set_paused(target: &Target, name: &str, paused: bool) -> Result<Str
             if paused { "paused" } else { "not paused" }
         ));
     }
-    patch(target, name, merge(json!({"spec": {"paused": paused}}))).await?;
+    patch(
+        target,
+        name,
+        Patch::Merge(json!({"spec": {"paused": paused}})),
+        None,
+    )
+    .await?;
     Ok(if paused {
         format!("{name}: paused; no pod moves to a new revision until `resume` (repairs go on)")
     } else {
@@ -167,8 +168,9 @@ pub async fn restart(target: &Target, name: &str) -> Result<String, CliError> {
     patch(
         target,
         name,
-        merge(json!({"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: at}}}}})),
-    )
+        Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: at}}}}})),
+    None,
+)
     .await?;
     Ok(format!(
         "{name}: restart at {at} rolls out as a new revision"
@@ -229,7 +231,13 @@ pub async fn set_image(
 ) -> Result<String, CliError> {
     let snap = read(target, name).await?;
     let ops = image_ops(&snap.service, changes)?;
-    patch(target, name, json_patch(&snap.service, ops)?).await?;
+    patch(
+        target,
+        name,
+        json_patch(&snap.service, ops)?,
+        snap.service.metadata.generation,
+    )
+    .await?;
     let told: Vec<String> = changes.iter().map(|(c, i)| format!("{c}={i}")).collect();
     Ok(format!("{name}: image set: {}", told.join(", ")))
 }
@@ -312,7 +320,13 @@ pub async fn undo(
         .map_err(|e| CliError::api("clear the failed mark", "controllerrevision", &rev_name, e))?;
     }
     let ops = vec![json!({"op": "replace", "path": "/spec/template", "value": template})];
-    patch(target, name, json_patch(&snap.service, ops)?).await?;
+    patch(
+        target,
+        name,
+        json_patch(&snap.service, ops)?,
+        snap.service.metadata.generation,
+    )
+    .await?;
     Ok(format!(
         "{name}: template of revision #{} ({rev_name}) re-applied; it rolls out as {rev_name}",
         revision.revision

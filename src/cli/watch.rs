@@ -106,13 +106,15 @@ pub async fn watch_tree(
     mut print: impl FnMut(&str),
 ) -> Result<(), CliError> {
     let mut changes = changes(target, name, true);
-    let want = Want {
-        zones: true,
-        events: false,
-    };
+    let mut zones = std::collections::BTreeMap::new();
     let mut last = String::new();
     loop {
-        let snap = snapshot::fetch(&target.client, &target.namespace, name, want).await?;
+        let mut snap =
+            snapshot::fetch(&target.client, &target.namespace, name, Want::default()).await?;
+        // A node's zone does not change under a running pod: each node is read once.
+        let key = snap.service.spec.redundancy.topology_key.clone();
+        zones = snapshot::zones_of(&target.client, &snap.pods, &key, &zones).await;
+        snap.zones = zones.clone();
         let text = tree::render(&snap, jiff::Timestamp::now(), style);
         if terminal {
             print(&format!("\x1b[H\x1b[2J{text}"));

@@ -12,19 +12,19 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// An operator taking part in leader election on the test's own lease, with short lease
 /// timings so that a takeover fits in a test.
 pub fn elector(ns: &str, lease: &str) -> Operator {
-    elector_with(
-        ns,
-        lease,
-        &[
-            "--lease-duration-seconds",
-            "6",
-            "--lease-renew-seconds",
-            "2",
-            "--lease-renew-deadline-seconds",
-            "4",
-        ],
-    )
+    elector_with(ns, lease, &SHORT_LEASE)
 }
+
+/// Lease timings short enough for a takeover to fit in a test: a lease of 6 s, renewed
+/// every 2 s, given up after 4 s without a renewal.
+pub const SHORT_LEASE: [&str; 6] = [
+    "--lease-duration-seconds",
+    "6",
+    "--lease-renew-seconds",
+    "2",
+    "--lease-renew-deadline-seconds",
+    "4",
+];
 
 /// An operator taking part in leader election on `lease`, with `timings` (none: the
 /// defaults).
