@@ -63,7 +63,7 @@ chart-lint: ## helm lint --strict of charts/perennial: default values, namespace
 # The real-node tests run the images `images` imports into every real node.
 test: cluster images ## the whole suite: unit, property and integration tests on the local control plane
 	$(MAKE) --no-print-directory testapp-test
-	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) CHAOS_SEED=$${CHAOS_SEED:-424242} cargo test --all-targets --no-fail-fast
+	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) CHAOS_SEED=$${CHAOS_SEED:-23} cargo test --all-targets --no-fail-fast
 
 testapp-test: ## the test application's Go tests (testapp/)
 	cd testapp && GOTOOLCHAIN=local go test ./...

@@ -12,6 +12,7 @@ docs/benchmarks-scale.png. Needs matplotlib (`pip install matplotlib`).
 import glob
 import json
 import os
+import re
 import sys
 
 import matplotlib
@@ -23,6 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def load(results_dir):
     points = {}
     for path in glob.glob(os.path.join(results_dir, "scale-*.json")):
+        # scale-<pods>.json only: a run with tuned operator flags is not a point of the curve.
+        if not re.fullmatch(r"scale-\d+\.json", os.path.basename(path)):
+            continue
         with open(path) as f:
             rows = json.load(f)["results"]
         for row in rows:
@@ -59,20 +63,33 @@ def main():
         ("Writes while converging (Events included)", ("writes_converging",),
          ("writes_converging",), "Perennial", "Deployment + ReplicaSet controllers"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
-    for ax, (title, our_keys, their_keys, our_label, their_label) in zip(axes, panels):
-        x, y = series(ours, *our_keys)
-        ax.plot(x, y, "o-", color="tab:green", label=our_label)
-        if theirs:
-            x, y = series(theirs, *their_keys)
-            ax.plot(x, y, "s--", color="tab:gray", label=their_label)
-        ax.set_title(title)
-        ax.set_xlabel("pods (10 per service)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Scale: one run per size, both sides on the same cluster (log-log)")
+    # Above, the totals; below, the same divided by the pods: flat or falling is the goal.
+    per_pod = [("KiB per pod", 1024.0), ("CPU ms per pod", 1000.0), ("writes per pod", 1.0)]
+    fig, axes = plt.subplots(2, len(panels), figsize=(15, 8.5))
+    for col, (title, our_keys, their_keys, our_label, their_label) in enumerate(panels):
+        for row in (0, 1):
+            ax = axes[row][col]
+            scale = per_pod[col][1]
+            for rows, keys, style, colour, label in (
+                (ours, our_keys, "o-", "tab:green", our_label),
+                (theirs, their_keys, "s--", "tab:gray", their_label),
+            ):
+                x, y = series(rows, *keys)
+                if not x:
+                    continue
+                if row == 1:
+                    y = [v * scale / p for v, p in zip(y, x)]
+                ax.plot(x, y, style, color=colour, label=label)
+            ax.set_title(title if row == 0 else per_pod[col][0])
+            ax.set_xlabel("pods (10 per service)")
+            ax.set_xscale("log")
+            if row == 0:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Scale: one run per size, both sides on the same cluster; totals (log-log) and per pod")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out} from {sum(len(r) for r in points.values())} results")

@@ -44,9 +44,6 @@ const STATUS_COALESCE: Duration = Duration::from_secs(1);
 /// How often the counts of repeated Events are written: a repeat shows in
 /// `kubectl describe` within this.
 const EVENT_FLUSH: Duration = Duration::from_secs(30);
-/// The error policy's backoff: doubles from the first to the last.
-const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often what is kept per service (its metric series, its error backoff) is dropped
 /// for services that no longer exist.
 const SWEEP: Duration = Duration::from_secs(5);
@@ -169,7 +166,7 @@ where
             }
         });
     let stream = reflector::reflector(writer, events)
-        .default_backoff()
+        .backoff(crate::backoff::WatchBackoff::default())
         .touched_objects();
     (reader, stream)
 }
@@ -335,29 +332,41 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     };
 
     let silent_nodes = node_to_services.clone();
-    let controller = Controller::new(
-        api::<ResilientService>(&client, ns),
-        watcher::Config::default(),
+    // The services' own watch backs off as each cache's does (WatchBackoff), and so the
+    // merged triggers need no backoff of their own: a reset fails every watch at once, and
+    // one shared backoff counted those failures as one watch failing again and again, up
+    // to 30 s with nothing watched.
+    let (service_store, service_writer) = reflector::store();
+    let service_triggers = reflector::reflector(
+        service_writer,
+        watcher(
+            api::<ResilientService>(&client, ns),
+            watcher::Config::default(),
+        ),
     )
-    .with_config(ControllerConfig::default().concurrency(options.concurrency))
-    .owns_stream(pod_events)
-    .owns_stream(revision_events)
-    .owns_stream(budget_events)
-    .watches_stream(claim_events, by_label)
-    .watches_stream(service_events, |s: Service| {
-        // Services are matched by name: the headless Service is named by the spec.
-        let ns = s.namespace()?;
-        Some(ObjectRef::new(&s.name_any()).within(&ns))
-    })
-    .watches_stream(node_news(node_events, nodes.clone()), node_to_services)
-    // Renewals are not news; a node that falls silent or wakes up is (below).
-    .watches_stream(lease_events, |_: Lease| None::<ObjectRef<ResilientService>>)
-    .watches_stream(volume_events, |_: PersistentVolume| {
-        None::<ObjectRef<ResilientService>>
-    })
-    .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
-    .watches_stream(slice_events, slice_to_services)
-    .shutdown_on_signal();
+    .backoff(crate::backoff::WatchBackoff::default())
+    .applied_objects();
+    let controller = Controller::for_stream(service_triggers, service_store)
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .trigger_backoff(crate::backoff::EachWatchBacksOff)
+        .owns_stream(pod_events)
+        .owns_stream(revision_events)
+        .owns_stream(budget_events)
+        .watches_stream(claim_events, by_label)
+        .watches_stream(service_events, |s: Service| {
+            // Services are matched by name: the headless Service is named by the spec.
+            let ns = s.namespace()?;
+            Some(ObjectRef::new(&s.name_any()).within(&ns))
+        })
+        .watches_stream(node_news(node_events, nodes.clone()), node_to_services)
+        // Renewals are not news; a node that falls silent or wakes up is (below).
+        .watches_stream(lease_events, |_: Lease| None::<ObjectRef<ResilientService>>)
+        .watches_stream(volume_events, |_: PersistentVolume| {
+            None::<ObjectRef<ResilientService>>
+        })
+        .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
+        .watches_stream(slice_events, slice_to_services)
+        .shutdown_on_signal();
     // Repeats of an Event are counted in memory and written on this beat.
     let flusher = context.recorder.spawn_flusher(EVENT_FLUSH);
     let last_flush = context.clone();
@@ -645,9 +654,10 @@ fn error_policy(svc: Arc<ResilientService>, error: &Error, ctx: Arc<Context>) ->
             *n
         })
         .unwrap_or(1);
-    let delay = BACKOFF_FIRST
-        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
-        .min(BACKOFF_MAX);
-    tracing::warn!(namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    let transient = match error {
+        Error::Act(e) => e.is_transient(),
+    };
+    let delay = crate::backoff::retry_delay(attempts, transient);
+    tracing::warn!(namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any(), %error, transient, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }

@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod api;
+pub mod backoff;
 pub mod build;
 pub mod cli;
 pub mod controller;

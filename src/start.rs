@@ -82,7 +82,7 @@ pub enum StartError {
 
 /// Connects and runs one controller per watched namespace (or one for all).
 pub async fn main(args: RunArgs) -> Result<(), StartError> {
-    let (config, source) = match &args.kubeconfig {
+    let (mut config, source) = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 StartError::Kubeconfig {
@@ -106,6 +106,12 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
     };
     // Which identity the operator acts as is the first thing to check on a new install.
     tracing::info!(server = %config.cluster_url, config = %source, "API server configured");
+    let identity = identity();
+    // The audit log then names the instance behind every request, as it names the
+    // holder of the leader Lease: which replica did what can be told apart.
+    if let Ok(agent) = http::HeaderValue::from_str(&user_agent(&identity)) {
+        config.headers.push((http::header::USER_AGENT, agent));
+    }
     let client = crate::throttle::client(config, args.api_qps, args.api_burst)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -136,7 +142,7 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
             LeaseConfig {
                 namespace: args.lease_namespace.clone(),
                 name: args.lease_name.clone(),
-                identity: identity(),
+                identity: identity.clone(),
                 duration: Duration::from_secs(args.lease_duration_seconds.max(1)),
                 renew_every: Duration::from_secs(args.lease_renew_seconds.max(1)),
                 renew_deadline: Duration::from_secs(args.lease_renew_deadline_seconds.max(1)),
@@ -199,6 +205,11 @@ fn config_source(config: &kube::Config, service_host: Option<String>) -> &'stati
     }
 }
 
+/// `perennial/VERSION (IDENTITY)`: the build and the instance.
+fn user_agent(identity: &str) -> String {
+    format!("perennial/{} ({identity})", env!("CARGO_PKG_VERSION"))
+}
+
 fn identity() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -226,7 +237,7 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::config_source;
+    use super::{config_source, user_agent};
 
     fn config(url: &str) -> kube::Config {
         kube::Config::new(url.parse().expect("a URL"))
@@ -244,5 +255,18 @@ mod tests {
             let source = config_source(&config("https://127.0.0.1:16443"), host.clone());
             assert_eq!(source, "KUBECONFIG or ~/.kube/config", "{host:?}");
         }
+    }
+
+    #[test]
+    fn the_user_agent_names_the_build_and_the_instance_as_a_valid_header() {
+        let agent = user_agent("perennial-6d4f9b7c5-x2x7q");
+        assert_eq!(
+            agent,
+            format!(
+                "perennial/{} (perennial-6d4f9b7c5-x2x7q)",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        assert!(http::HeaderValue::from_str(&agent).is_ok());
     }
 }

@@ -53,6 +53,27 @@ pub enum Error {
     InvalidTemplate { revision: String, message: String },
 }
 
+impl Error {
+    /// True when the fault is the connection's or the server's (a reset, a timeout, a
+    /// throttled or unavailable server) or a view one step behind the server's (a conflict,
+    /// a create whose first answer was lost), not the service's: the same pass can succeed
+    /// as soon as the server answers again or the caches catch up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { source, .. } => transient(source),
+            Self::InvalidTemplate { .. } => false,
+        }
+    }
+}
+
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => matches!(status.code, 409 | 429) || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
 /// What became of a pass's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusWrite {

@@ -64,6 +64,53 @@ impl Chaos {
         }
     }
 
+    /// Every service's name with its UID and creation time: what a store that lost data,
+    /// or came back from an older copy, would change.
+    async fn service_identities(&self) -> Result<BTreeMap<String, String>, String> {
+        let list = (self.services().list(&Default::default()).await)
+            .map_err(|e| format!("list the services before the restart: {e}"))?;
+        Ok((list.items.iter())
+            .map(|s| {
+                let uid = s.metadata.uid.clone().unwrap_or_default();
+                let created = s
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string());
+                (
+                    s.name_any(),
+                    format!("{uid} {}", created.unwrap_or_default()),
+                )
+            })
+            .collect())
+    }
+
+    /// After a store restart, every service is there as it was: a violation if not.
+    async fn assert_data_kept(&mut self, before: &BTreeMap<String, String>) {
+        let after = match self.service_identities().await {
+            Ok(after) => after,
+            Err(e) => {
+                self.failed
+                    .push(format!("t={:.1}s etcd-restart: {e}", self.t()));
+                return;
+            }
+        };
+        let lost: Vec<&String> = (before.iter())
+            .filter(|(name, id)| after.get(*name) != Some(id))
+            .map(|(name, _)| name)
+            .collect();
+        if !lost.is_empty() {
+            let at = self.t();
+            lock(&self.monitor).violations.push(Violation {
+                at,
+                until: None,
+                kind: "data-lost",
+                subject: "etcd".into(),
+                details: format!("after the restart these services are gone or new: {lost:?}"),
+            });
+        }
+    }
+
     pub(crate) async fn inject(&mut self, fault: &Fault) -> Result<String, String> {
         match fault {
             Fault::PodKill { service, slot } => {
@@ -132,6 +179,12 @@ impl Chaos {
                 Ok(format!("SIGKILL pid {pid} ({role}); a new process starts"))
             }
             Fault::ApiServerRestart => blocking(|| try_fault("apiserver-restart", None)).await,
+            Fault::EtcdRestart => {
+                let before = self.service_identities().await?;
+                let out = blocking(|| try_fault("etcd-restart", None)).await?;
+                self.assert_data_kept(&before).await;
+                Ok(out)
+            }
             Fault::ControllerManagerRestart => {
                 blocking(|| try_fault("controller-manager-restart", None)).await
             }

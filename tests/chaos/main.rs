@@ -9,8 +9,9 @@
 //! Faults: pod kills; rollouts of a good template and of a bad one (the pod label
 //! `chaos.perennial.dev/mode`: crash-loop, oom, fail or never-ready); node loss and return
 //! (`e2e/cluster/fault node-lost` / `node-back`); SIGKILL of the leading (or the standby)
-//! operator process of the two that run with leader election; API server and controller
-//! manager restarts.
+//! operator process of the two that run with leader election; API server, etcd and
+//! controller manager restarts. After an etcd restart every service must be there with the
+//! UID and creation time it had before (data kept), else a `data-lost` violation.
 //!
 //! Invariants, checked on every pod, service and claim event:
 //! - surge ceiling: never more live pods (neither terminating nor ended) than replicas +
@@ -45,12 +46,15 @@
 //!   would; a bad template under rollback: Automatic left for the operator to roll back),
 //!   every service has Available=True and readyReplicas == replicas within
 //!   CONVERGENCE_BOUND;
+//! - one lease term at a time: every write of the operators in the soak's namespace (the
+//!   audit log's, Lease updates aside) comes from the process that held the leader Lease
+//!   when the API server received it; the operator names itself in its User-Agent;
 //! - no operator panic ("panicked at" in any operator process's output), no operator
 //!   process that stops on its own except a leader that lost its lease (the API server
 //!   gone past the renew deadline: it exits by design and is started again), and no log
 //!   storm (see STORM_LINES_PER_WINDOW and HOT_LOOP_RECONCILES_PER_WINDOW).
 //!
-//! The soak restarts the API server and the controller manager, so nothing may run beside
+//! The soak restarts the API server, etcd and the controller manager, so nothing may run beside
 //! it: cargo runs test binaries one after another, and the other test of this binary only
 //! checks the checks, on made-up states. A control-plane process that stops on its own
 //! (kube-scheduler exits when it finds its cache corrupted, which an API server restart can
@@ -69,6 +73,7 @@ mod schedule;
 mod services;
 #[path = "../support/mod.rs"]
 mod support;
+mod terms;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
@@ -96,6 +101,7 @@ use schedule::*;
 use serde_json::{json, Value};
 use services::*;
 use support::*;
+use terms::*;
 
 /// Seconds of faults when CHAOS_SECONDS is not set: short enough for `make test`.
 pub(crate) const DEFAULT_SECONDS: u64 = 90;
@@ -244,6 +250,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
     })
     .await;
     let lease = format!("chaos-leader-{}", unique_suffix());
+    let (terms, term_watch) = watch_terms(&client, &ns.name, &lease);
     let fleet = Arc::new(Mutex::new(Fleet::new(&ns.name, &lease, origin)));
     lock(&fleet).keep_two();
     let supervisor = {
@@ -441,6 +448,10 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
     lock(&monitor).judge_rebuilds();
     let mut violations = lock(&monitor).violations.clone();
     let now = origin.elapsed().as_secs_f64();
+    term_watch.abort();
+    let terms = lock(&terms).clone();
+    let (writes_checked, outside) = writes_outside_their_term(&ns.name, &terms, now);
+    violations.extend(outside);
     for v in violations.iter_mut().filter(|v| v.until.is_none()) {
         v.until = Some(now);
     }
@@ -614,6 +625,10 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
             .map(|(t, n)| format!("{n} {t:.1}s"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "one lease term at a time: {writes_checked} writes in the audit log, each checked against {} states of the lease",
+        terms.len()
     );
     println!("violations: {}", violations.len());
     for v in &violations {

@@ -55,6 +55,7 @@ pub(crate) enum Kind {
     NodeBack,
     OperatorKill,
     ApiServerRestart,
+    EtcdRestart,
     ControllerManagerRestart,
 }
 
@@ -68,19 +69,21 @@ impl Kind {
             Kind::NodeBack => "node-back",
             Kind::OperatorKill => "operator-kill",
             Kind::ApiServerRestart => "apiserver-restart",
+            Kind::EtcdRestart => "etcd-restart",
             Kind::ControllerManagerRestart => "controller-manager-restart",
         }
     }
 }
 
 /// Kinds drawn after every kind has had its turn, with their weights.
-pub(crate) const WEIGHTS: [(Kind, usize); 7] = [
+pub(crate) const WEIGHTS: [(Kind, usize); 8] = [
     (Kind::PodKill, 6),
     (Kind::Rollout, 4),
     (Kind::BadRollout, 3),
     (Kind::NodeLost, 2),
     (Kind::OperatorKill, 2),
     (Kind::ApiServerRestart, 1),
+    (Kind::EtcdRestart, 1),
     (Kind::ControllerManagerRestart, 1),
 ];
 
@@ -93,6 +96,7 @@ pub(crate) enum Fault {
     NodeBack { node: usize },
     OperatorKill { leader: bool },
     ApiServerRestart,
+    EtcdRestart,
     ControllerManagerRestart,
 }
 
@@ -106,6 +110,7 @@ impl Fault {
             Fault::NodeBack { .. } => Kind::NodeBack,
             Fault::OperatorKill { .. } => Kind::OperatorKill,
             Fault::ApiServerRestart => Kind::ApiServerRestart,
+            Fault::EtcdRestart => Kind::EtcdRestart,
             Fault::ControllerManagerRestart => Kind::ControllerManagerRestart,
         }
     }
@@ -124,6 +129,7 @@ impl Fault {
             Fault::OperatorKill { leader: true } => "operator-kill (the leader)".into(),
             Fault::OperatorKill { leader: false } => "operator-kill (the standby)".into(),
             Fault::ApiServerRestart => "apiserver-restart".into(),
+            Fault::EtcdRestart => "etcd-restart".into(),
             Fault::ControllerManagerRestart => "controller-manager-restart".into(),
         }
     }
@@ -161,7 +167,7 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
         });
         let allowed = |k: Kind| match k {
             Kind::NodeLost => lost.len() < MAX_LOST_NODES,
-            Kind::ApiServerRestart | Kind::ControllerManagerRestart => {
+            Kind::ApiServerRestart | Kind::EtcdRestart | Kind::ControllerManagerRestart => {
                 t - last_control_plane >= CONTROL_PLANE_SPACING
             }
             _ => true,
@@ -217,6 +223,10 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
             Kind::ApiServerRestart => {
                 last_control_plane = t;
                 Fault::ApiServerRestart
+            }
+            Kind::EtcdRestart => {
+                last_control_plane = t;
+                Fault::EtcdRestart
             }
             Kind::ControllerManagerRestart => {
                 last_control_plane = t;

@@ -35,6 +35,7 @@ pub mod real;
 /// Scenario helpers (snapshots, pod watches) of the crash-safety and hostile-input tests.
 pub mod scenario;
 pub mod service;
+pub mod terms;
 pub mod watch;
 
 #[allow(unused_imports)] // each test binary uses its own part

@@ -31,8 +31,11 @@ pub const TESTAPP_IMAGE: &str = "localhost/perennial-testapp:dev";
 pub const TESTAPP_V1_IMAGE: &str = "localhost/perennial-testapp:v1";
 pub const TESTAPP_V2_IMAGE: &str = "localhost/perennial-testapp:v2";
 pub const OPERATOR_IMAGE: &str = "localhost/perennial:dev";
-const IMAGES: [&str; 5] = [
+/// The operator's image again under a second name: an upgrade to it replaces every pod.
+pub const OPERATOR_NEXT_IMAGE: &str = "localhost/perennial:next";
+const IMAGES: [&str; 6] = [
     OPERATOR_IMAGE,
+    OPERATOR_NEXT_IMAGE,
     TESTAPP_IMAGE,
     TESTAPP_V1_IMAGE,
     TESTAPP_V2_IMAGE,

@@ -225,8 +225,11 @@ pub fn complete(svc: &ResilientService, replicas: i32, revision: &str) -> Result
     if done {
         Ok(())
     } else {
+        let degraded = (svc.status.as_ref())
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+            .map(|c| format!("{} {}: {}", c.status, c.reason, c.message));
         Err(format!(
-            "replicas={} updated={} available={} current={:?} update={:?} progressing={progressing:?} reason={:?} rollout={:?}",
+            "replicas={} updated={} available={} current={:?} update={:?} progressing={progressing:?} reason={:?} degraded={degraded:?} rollout={:?}",
             s.replicas,
             s.updated_replicas,
             s.available_replicas,

@@ -3,7 +3,9 @@
 
 use super::super::conditions::Decided;
 use crate::api::{condition, ResilientService};
-use crate::health::{Assessment, PodState};
+use std::collections::BTreeSet;
+
+use crate::health::{Assessment, PodState, PodView};
 
 /// What a slot on a lost node waits for while the guard holds.
 pub(super) const WAITING_FOR_CALM: &str = "fewer failures at once (MassFailureSuspected)";
@@ -12,11 +14,22 @@ pub(super) const WAITING_FOR_CALM: &str = "fewer failures at once (MassFailureSu
 /// replicas are on lost nodes; node-loss repair pauses meanwhile.
 pub(super) fn guard(svc: &ResilientService, seen: &Assessment) -> Option<Decided> {
     let replicas = svc.spec.replicas.max(0);
-    let on_lost = seen
-        .pods
-        .iter()
-        .filter(|p| p.slot < replicas && matches!(p.state, PodState::OnLostNode { .. }))
-        .count();
+    // Slots, not pods, and only slots with no pod of theirs elsewhere: a pod left on a lost
+    // node after its slot was replaced (it stays until it is fenced), or a slot's old and
+    // new pods on the same lost node, made one lost node look like most of the service
+    // once a rollout had put a pod of each slot there in turn.
+    let lost = |p: &&PodView| matches!(p.state, PodState::OnLostNode { .. });
+    let ours = || seen.pods.iter().filter(|p| p.slot < replicas);
+    let elsewhere: BTreeSet<i32> = ours()
+        .filter(|p| !lost(p) && !p.state.is_leaving())
+        .map(|p| p.slot)
+        .collect();
+    let on_lost = ours()
+        .filter(lost)
+        .map(|p| p.slot)
+        .filter(|slot| !elsewhere.contains(slot))
+        .collect::<BTreeSet<_>>()
+        .len();
     let mass_failure = (seen.nodes_total >= 2 && seen.nodes_lost * 2 > seen.nodes_total)
         || (replicas >= 2 && on_lost * 2 > replicas as usize);
     mass_failure.then(|| Decided {
@@ -74,6 +87,43 @@ mod tests {
         seen.nodes_total = 1;
         seen.nodes_lost = 1;
         assert_eq!(guard(&svc, &seen), None);
+    }
+
+    #[test]
+    fn a_slot_with_two_pods_on_a_lost_node_counts_once() {
+        let svc = fixtures::service(4, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[0].state = lost(false);
+        // Mid-rollout: slot 0's new pod landed on the same node as its old one.
+        let mut surge = seen.pods[0].clone();
+        surge.name = format!("{}-b", surge.name);
+        seen.pods.push(surge);
+        seen.pods[1].state = lost(false);
+        assert_eq!(
+            guard(&svc, &seen),
+            None,
+            "two of four slots are on the lost node, three pods"
+        );
+    }
+
+    #[test]
+    fn a_slot_replaced_off_the_lost_node_no_longer_counts() {
+        let svc = fixtures::service(4, false);
+        let mut seen = fixtures::converged(&svc);
+        for slot in 0..3 {
+            // Each slot's pod was left on the lost node, and a new one runs elsewhere.
+            let mut left = seen.pods[slot].clone();
+            left.name = format!("{}-old", left.name);
+            left.state = lost(false);
+            seen.pods.push(left);
+        }
+        assert_eq!(guard(&svc, &seen), None, "3 pods left behind, 0 slots down");
+        seen.pods[0].state = PodState::Pending;
+        assert_eq!(
+            guard(&svc, &seen),
+            None,
+            "a replacement on its way counts too"
+        );
     }
 
     #[test]
