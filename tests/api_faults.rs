@@ -47,6 +47,24 @@ fn count_accepted_pod_creates(entries: Vec<serde_json::Value>) -> BTreeMap<Strin
     creates
 }
 
+/// Resets every connection through `proxy` (watches included) at once, now and then every
+/// `period`, until the task is aborted; counts the resets.
+fn reset_every(
+    proxy: &Arc<FaultProxy>,
+    period: Duration,
+) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let resets = Arc::new(AtomicUsize::new(0));
+    let (proxy, count) = (proxy.clone(), resets.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            proxy.reset_all();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(period).await; // the fault's period
+        }
+    });
+    (resets, task)
+}
+
 /// Waits until `op` holds `lease` (its identity ends in its process id).
 async fn wait_holder(ns: &TestNamespace, lease: &str, op: &Operator, what: &str) {
     let id = format!("-{}", op.child.id());
@@ -111,17 +129,7 @@ async fn through_latency_a_bandwidth_limit_and_connection_resets_the_operator_ro
     proxy.remove("slow");
     proxy.remove("narrow");
     let generation = patch_spec(&api, "web", new_image("example/app:2")).await;
-    let resets = Arc::new(AtomicUsize::new(0));
-    let resetter = {
-        let (proxy, resets) = (proxy.clone(), resets.clone());
-        tokio::spawn(async move {
-            loop {
-                proxy.reset_all();
-                resets.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(5)).await; // the fault's period
-            }
-        })
-    };
+    let (resets, resetter) = reset_every(&proxy, Duration::from_secs(5));
     let revision = wait_update_revision(&api, "web", generation, SLOW).await;
     wait_svc(
         &api,
@@ -162,17 +170,7 @@ async fn with_every_connection_reset_every_10_s_from_start_to_finish_the_operato
     // load balancer that ends its connections early: requests are cut mid-flight, every
     // watch is opened again and again, and a pass of a few requests may be cut anywhere.
     proxy.add("slow", "latency", &[("latency", "300"), ("jitter", "100")]);
-    let resets = Arc::new(AtomicUsize::new(0));
-    let resetter = {
-        let (proxy, resets) = (proxy.clone(), resets.clone());
-        tokio::spawn(async move {
-            loop {
-                proxy.reset_all();
-                resets.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(10)).await; // the fault's period
-            }
-        })
-    };
+    let (resets, resetter) = reset_every(&proxy, Duration::from_secs(10));
     let mut operator = Operator::start_with_kubeconfig(
         &ns.name,
         &proxy.kubeconfig,
