@@ -37,8 +37,13 @@ pub enum PodState {
     /// once no EndpointSlice shows it ready. It serves nobody any more; it still exists.
     Retiring { since: Timestamp },
     /// Its node is lost: whatever the pod's last status said, nothing runs it any more (or
-    /// nobody can tell). `fenced` when the node is known down for good.
-    OnLostNode { message: String, fenced: bool },
+    /// nobody can tell). `fenced` when the node is known down for good; `deleting` when its
+    /// deletion has started, which only a force-delete can finish now.
+    OnLostNode {
+        message: String,
+        fenced: bool,
+        deleting: bool,
+    },
 }
 
 impl PodState {
@@ -82,7 +87,12 @@ impl PodState {
 
     /// On its way out: deleted, or drained to be deleted. Nothing plans with such a pod.
     pub fn is_leaving(&self) -> bool {
-        matches!(self, PodState::Terminating | PodState::Retiring { .. })
+        matches!(
+            self,
+            PodState::Terminating
+                | PodState::Retiring { .. }
+                | PodState::OnLostNode { deleting: true, .. }
+        )
     }
 }
 

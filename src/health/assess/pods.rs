@@ -29,9 +29,11 @@ pub fn pods(observed: &Observed, judge: &NodeJudge) -> (Vec<PodView>, Vec<String
                 serving.listing = observed.listings.get(&name).copied().unwrap_or_default();
                 serving.drained_since = observed.drained.get(&name).copied();
                 let state = match node.as_deref().map(|n| judge.health(n)) {
-                    Some(NodeHealth::Lost { message, fenced }) => {
-                        PodState::OnLostNode { message, fenced }
-                    }
+                    Some(NodeHealth::Lost { message, fenced }) => PodState::OnLostNode {
+                        message,
+                        fenced,
+                        deleting: pod.metadata.deletion_timestamp.is_some(),
+                    },
                     _ => match (judge_pod(pod), serving.gate) {
                         // Once drained to be deleted, whatever it does next changes nothing.
                         (

@@ -93,6 +93,7 @@ pub fn lost_for(seconds: i64, fenced: bool) -> PodState {
     PodState::OnLostNode {
         message: format!("node node-1 has not renewed its lease for {seconds} s"),
         fenced,
+        deleting: false,
     }
 }
 

@@ -191,7 +191,12 @@ fn slot_steps(
         .iter()
         .find(|p| matches!(p.state, PodState::OnLostNode { .. }))
     {
-        node_loss::repair(s, pod, mass_failure, budget, &mut out);
+        // A slot still served by a pod of its own elsewhere (a rollout's new pod that the
+        // scheduler sent to the lost node beside its old one) has lost nothing.
+        let served_elsewhere = pods
+            .iter()
+            .any(|p| !matches!(p.state, PodState::OnLostNode { .. }) && !p.state.is_leaving());
+        node_loss::repair(s, pod, mass_failure, served_elsewhere, budget, &mut out);
         return out;
     }
 

@@ -10,15 +10,20 @@ use super::{storage, AvoidReason, Avoidance, Settings, SlotPlan};
 use crate::api::{EscalationStep, Fencing};
 use crate::health::{NodeHealth, PodState, PodView};
 
-/// Decides for `pod`, which is on a lost node.
+/// Decides for `pod`, which is on a lost node; `served_elsewhere` when another pod of its
+/// slot runs.
 pub(super) fn repair(
     s: &Settings,
     pod: &PodView,
     mass_failure: bool,
+    served_elsewhere: bool,
     budget: &mut Budget,
     out: &mut SlotPlan,
 ) {
-    let PodState::OnLostNode { fenced, message } = &pod.state else {
+    let PodState::OnLostNode {
+        fenced, message, ..
+    } = &pod.state
+    else {
         return;
     };
     let node = pod.node.as_deref().unwrap_or_default();
@@ -29,6 +34,8 @@ pub(super) fn repair(
             "the loss of node {node} to settle: nodes failing together fall silent up to a lease renewal apart, and the storm guard must see them all first"
         ));
         out.wait(settling);
+    } else if !s.stateful && served_elsewhere {
+        clear_away(pod, out);
     } else if !s.stateful || *fenced {
         replace(s, pod, budget, out);
     } else {
@@ -79,6 +86,24 @@ fn replace(s: &Settings, pod: &PodView, budget: &mut Budget, out: &mut SlotPlan)
     storage::rebuild_lost_claims(s, pod.slot, out);
 }
 
+/// Force-deletes a pod on a lost node whose slot another pod still serves: no repair of
+/// the slot, so no share of the budget and no mark in the ledger (a repair under way would
+/// hold the budget until this slot is Ready again, and a rollout waits for this pod's room
+/// while the slot it would repair waits for the budget). Its next pod keeps off the node.
+fn clear_away(pod: &PodView, out: &mut SlotPlan) {
+    let PodState::OnLostNode { message, .. } = &pod.state else {
+        return;
+    };
+    out.actions.push(crate::plan::Action::ForceDeletePod {
+        name: pod.name.clone(),
+        reason: format!("NodeLost: {message}; its slot is served by another pod"),
+    });
+    out.note.avoid = pod.node.clone().map(|node| Avoidance {
+        node,
+        reason: AvoidReason::NodeLost,
+    });
+}
+
 /// A stateful slot on a lost node without evidence: fence the node, or wait for evidence or
 /// for a person, as `repair.fencing` says.
 fn fence(s: &Settings, node: &str, out: &mut SlotPlan) {
@@ -111,7 +136,14 @@ mod tests {
         let s = Settings::new(svc, seen);
         let mut budget = Budget::new(svc, &s.previous);
         let mut out = SlotPlan::default();
-        repair(&s, &seen.pods[slot], mass_failure, &mut budget, &mut out);
+        repair(
+            &s,
+            &seen.pods[slot],
+            mass_failure,
+            false,
+            &mut budget,
+            &mut out,
+        );
         out
     }
 
@@ -190,9 +222,9 @@ mod tests {
         let s = Settings::new(&svc, &seen);
         let mut budget = Budget::new(&svc, &s.previous);
         let mut first = SlotPlan::default();
-        repair(&s, &seen.pods[0], false, &mut budget, &mut first);
+        repair(&s, &seen.pods[0], false, false, &mut budget, &mut first);
         let mut second = SlotPlan::default();
-        repair(&s, &seen.pods[1], false, &mut budget, &mut second);
+        repair(&s, &seen.pods[1], false, false, &mut budget, &mut second);
         assert_eq!(out_kinds(&first), vec!["ForceDeletePod"]);
         assert_eq!(second.actions, vec![]);
         assert_eq!(second.note.waiting_for.as_deref(), Some(WAITING_FOR_BUDGET));
@@ -230,5 +262,21 @@ mod tests {
         // Fencing also waits for the loss to settle.
         seen.pods[1].state = lost_for(31, false);
         assert_eq!(decide(&svc, &seen, 1, false).actions, vec![]);
+    }
+
+    #[test]
+    fn a_pod_on_a_lost_node_beside_one_that_serves_its_slot_goes_without_taking_the_budget() {
+        let svc = fixtures::service(3, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[1].state = lost(false);
+        let s = Settings::new(&svc, &seen);
+        let mut budget = Budget::new(&svc, &s.previous);
+        assert!(budget.take(0), "another slot's repair holds the only share");
+        let mut out = SlotPlan::default();
+        repair(&s, &seen.pods[1], false, true, &mut budget, &mut out);
+        assert_eq!(out_kinds(&out), vec!["ForceDeletePod"]);
+        assert!(!out.note.repaired, "the slot lost nothing");
+        assert_eq!(out.note.escalation, None);
+        assert_eq!(out.note.avoid.map(|a| a.node).as_deref(), Some("node-1"));
     }
 }

@@ -19,9 +19,10 @@ pub(super) fn arb_state() -> impl Strategy<Value = PodState> {
             message: "restarting".into(),
             restarts: 3
         }),
-        any::<bool>().prop_map(|fenced| PodState::OnLostNode {
+        (any::<bool>(), any::<bool>()).prop_map(|(fenced, deleting)| PodState::OnLostNode {
             message: "lost".into(),
-            fenced
+            fenced,
+            deleting
         }),
     ]
 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::api::{Fencing, ReplicaStatus, VolumeLostPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// A pod on a node lost long enough ago (30 s threshold, 11 s to settle) to act on.
 fn lost(fenced: bool) -> PodState {
@@ -14,6 +15,7 @@ fn lost_for(seconds: i64, fenced: bool) -> PodState {
     PodState::OnLostNode {
         message: format!("node node-1 has not renewed its lease for {seconds} s"),
         fenced,
+        deleting: false,
     }
 }
 
@@ -427,4 +429,115 @@ fn a_pod_unready_is_looked_at_again_when_its_progress_deadline_makes_it_never_re
     };
     let p = plan(&svc, &seen);
     assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(6)));
+}
+
+/// The loop a real cluster runs: pods created are placed by `place` (a node and a state),
+/// pods deleted go; returns what the slots run once nothing more is done.
+fn run_to_rest(
+    svc: &mut ResilientService,
+    mut seen: Assessment,
+    place: impl Fn() -> (&'static str, PodState),
+) -> Vec<(i32, String, Option<String>)> {
+    for _ in 0..30 {
+        let p = pass(svc, &seen);
+        if p.actions.is_empty() {
+            break;
+        }
+        seen = apply(svc, &seen, &p.actions);
+        seen.pods.retain(|p| !p.state.is_leaving());
+        for pod in seen
+            .pods
+            .iter_mut()
+            .filter(|p| p.state == PodState::Pending)
+        {
+            let (node, state) = place();
+            pod.node = Some(node.into());
+            pod.state = state;
+            pod.serving.gate = crate::health::Gate::Open;
+        }
+    }
+    let mut slots: Vec<_> = seen
+        .pods
+        .iter()
+        .map(|p| (p.slot, p.revision.clone(), p.node.clone()))
+        .collect();
+    slots.sort();
+    slots
+}
+
+#[test]
+fn a_rollout_whose_new_pods_land_on_a_lost_node_replaces_them_and_ends_off_the_node() {
+    let (mut svc, mut seen, _, new) = upgraded(4);
+    svc.spec.update.max_surge = IntOrString::Int(1);
+    svc.spec.update.max_unavailable = IntOrString::Int(0);
+    // Slot 3 has moved to the new revision, and its node is lost under it; the scheduler
+    // still sends the next new pod there, as it does until the node is tainted.
+    seen.pods.retain(|p| p.slot != 3);
+    let mut moved = ready_pod(&svc, 3, &new);
+    moved.node = Some("node-1".into());
+    moved.state = lost(false);
+    seen.pods.push(moved);
+    let first_new_pod_lands_on_the_lost_node = std::cell::Cell::new(true);
+    let slots = run_to_rest(&mut svc, seen, || {
+        if first_new_pod_lands_on_the_lost_node.replace(false) {
+            ("node-1", lost(false))
+        } else {
+            ("node-2", PodState::Ready { since: now() })
+        }
+    });
+    let on_new: Vec<i32> = slots
+        .iter()
+        .filter(|(_, rev, _)| *rev == new)
+        .map(|(slot, _, _)| *slot)
+        .collect();
+    assert_eq!(on_new, vec![0, 1, 2, 3], "{slots:?}");
+    assert!(
+        slots
+            .iter()
+            .all(|(_, _, node)| node.as_deref() != Some("node-1")),
+        "{slots:?}"
+    );
+}
+
+#[test]
+fn an_old_pod_on_a_lost_node_whose_deletion_started_is_not_deleted_again_but_forced_once_settled() {
+    let (mut svc, mut seen, old, new) = upgraded(3);
+    svc.spec.update.max_surge = IntOrString::Int(1);
+    svc.spec.update.max_unavailable = IntOrString::Int(0);
+    // Slot 1's new pod serves; its old one was deleted on a node that was lost since, and
+    // nobody there confirms the deletion.
+    let mut replacement = ready_pod(&svc, 1, &new);
+    replacement.node = Some("node-2".into());
+    seen.pods.push(replacement);
+    let at_lost = |seconds| {
+        let mut seen = seen.clone();
+        for p in seen
+            .pods
+            .iter_mut()
+            .filter(|p| p.slot == 1 && p.revision == old)
+        {
+            p.state = PodState::OnLostNode {
+                message: format!("node node-1 has not renewed its lease for {seconds} s"),
+                fenced: false,
+                deleting: true,
+            };
+        }
+        seen
+    };
+    let old_name = pod_name(&svc, 1, &old);
+    let deletes_of_old = |p: &Plan| -> Vec<String> {
+        kinds(
+            &(p.actions.iter())
+                .filter(|a| {
+                    matches!(a, Action::DeletePod { name, .. } | Action::ForceDeletePod { name, .. } if *name == old_name)
+                })
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    // Settling: a graceful delete again would ask nothing new of a node that is gone.
+    let settling = plan(&svc, &at_lost(35));
+    assert_eq!(deletes_of_old(&settling), Vec::<String>::new());
+    let settled = pass(&mut svc, &at_lost(41));
+    assert_eq!(deletes_of_old(&settled), vec!["ForceDeletePod"]);
 }
