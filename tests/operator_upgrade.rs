@@ -157,8 +157,8 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
         "repair": {"nodeLostAfterSeconds": 10}
     });
     let web = create_service(&work, &placed_service("web", nodes.placement(), spec)).await;
-    // One pod per node: the node lost below must hold one of api's three, since a node
-    // under two of them would be a suspected storm, which repairs nothing.
+    // One pod per node: the node lost below holds one of api's three, since a node under
+    // two of them would be a suspected storm, which repairs nothing.
     let spec = json!({
         "replicas": 3,
         "redundancy": {"whenUnsatisfiable": "DoNotSchedule", "onePerNode": true},
@@ -168,18 +168,13 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
     wait_available(&web, "web", 4, TIMEOUT).await;
     wait_available(&api, "api", 3, TIMEOUT).await;
 
-    // Both at once: a rolling update of web, and the node under one of api's pods lost.
+    // Both at once: a rolling update of web, and the node under api's slot 0 lost.
     let generation = patch_spec(&web, "web", new_image("example/app:2")).await;
     let revision = wait_update_revision(&web, "web", generation, TIMEOUT).await;
-    let api_pods = pods(&work, &format!("{LABEL_SERVICE}=api")).await;
-    let mut api_per_node: BTreeMap<String, usize> = BTreeMap::new();
-    for p in api_pods.iter().filter(|p| alive(p)) {
-        *api_per_node.entry(node_of(p)).or_default() += 1;
-    }
-    let lost = (api_per_node.iter())
-        .find(|(_, n)| **n == 1)
-        .map(|(node, _)| node.clone())
-        .unwrap_or_else(|| panic!("a node under one pod of api: {api_per_node:?}"));
+    let slot0 = ready_pod(&work, "api", 0)
+        .await
+        .expect("api's slot 0 is Ready");
+    let lost = node_of(&slot0);
     // Every pod that is ever bound to the lost node, also those scheduled there after the
     // fault and before the node was judged lost.
     let on_lost = pods_ever_on(&work, &lost);

@@ -85,6 +85,11 @@ impl PodState {
         matches!(self, PodState::Ready { .. })
     }
 
+    /// Holds its slot somewhere that runs: neither on a lost node nor on its way out.
+    pub fn holds_its_slot(&self) -> bool {
+        !matches!(self, PodState::OnLostNode { .. }) && !self.is_leaving()
+    }
+
     /// On its way out: deleted, or drained to be deleted. Nothing plans with such a pod.
     pub fn is_leaving(&self) -> bool {
         matches!(

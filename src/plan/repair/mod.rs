@@ -193,9 +193,7 @@ fn slot_steps(
     {
         // A slot still served by a pod of its own elsewhere (a rollout's new pod that the
         // scheduler sent to the lost node beside its old one) has lost nothing.
-        let served_elsewhere = pods
-            .iter()
-            .any(|p| !matches!(p.state, PodState::OnLostNode { .. }) && !p.state.is_leaving());
+        let served_elsewhere = pods.iter().any(|p| p.state.holds_its_slot());
         node_loss::repair(s, pod, mass_failure, served_elsewhere, budget, &mut out);
         return out;
     }

@@ -21,7 +21,7 @@ pub(super) fn guard(svc: &ResilientService, seen: &Assessment) -> Option<Decided
     let lost = |p: &&PodView| matches!(p.state, PodState::OnLostNode { .. });
     let ours = || seen.pods.iter().filter(|p| p.slot < replicas);
     let elsewhere: BTreeSet<i32> = ours()
-        .filter(|p| !lost(p) && !p.state.is_leaving())
+        .filter(|p| p.state.holds_its_slot())
         .map(|p| p.slot)
         .collect();
     let on_lost = ours()
