@@ -210,9 +210,18 @@ async fn a_repeated_warning_is_one_event_whose_series_is_written_once_per_flush(
     })
     .await;
     assert_ne!(event.resource_version(), flushed_at);
+    // The list can show the patch before the flusher task has read the
+    // response and counted it.
+    let counted = wait_for("the recorder counts its patch", TIMEOUT, || async {
+        let writes = recorder.writes();
+        (writes.patches >= 2)
+            .then_some(writes)
+            .ok_or(format!("{writes:?}"))
+    })
+    .await;
     flusher.abort();
     assert_eq!(
-        recorder.writes(),
+        counted,
         Writes {
             creates: 1,
             patches: 2,
