@@ -164,7 +164,23 @@ fn plan_slot(
     rolling_revision: Option<&str>,
 ) -> SlotPlan {
     let mut out = slot_steps(s, slot, mass_failure, budget, rolling_revision);
+    let avoided = out.note.avoid.clone();
     avoidance::lift(s.seen, &mut out.note);
+    if let Some(lifted) = avoided.filter(|_| out.note.avoid.is_none()) {
+        // A pod made while the node was avoided carries the avoidance in its affinity, and
+        // the scheduler may have nowhere else to put it (one pod per node, few nodes): one
+        // not placed yet goes, and the next is made without it.
+        let waiting = (s.seen.pods.iter())
+            .filter(|p| p.slot == slot && p.node.is_none())
+            .filter(|p| matches!(p.state, PodState::Pending | PodState::Unschedulable { .. }));
+        out.actions.extend(waiting.map(|p| Action::DeletePod {
+            name: p.name.clone(),
+            reason: format!(
+                "made to keep off {} while it was lost; it is back, so made again without that",
+                lifted.node
+            ),
+        }));
+    }
     out
 }
 
@@ -327,6 +343,7 @@ mod tests {
         // The node renews its lease again and is Ready.
         seen.nodes_back.insert("node-1".into());
         assert_eq!(pass(&mut svc, &seen), (None, None));
+        assert_eq!(pass(&mut svc, &seen), (None, None), "lifted for good");
 
         // A Reschedule's avoidance outlasts its node's health.
         let mut svc = fixtures::service(3, false);
@@ -341,5 +358,40 @@ mod tests {
             (e.avoid_node.as_deref(), e.avoid_node_reason.as_deref()),
             (Some("node-0"), Some("Reschedule"))
         );
+    }
+
+    #[test]
+    fn a_pod_the_scheduler_cannot_place_off_a_lost_node_is_made_again_once_the_node_is_back() {
+        let mut svc = fixtures::service(2, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[1].state = lost(false);
+        let p = crate::plan::plan(&svc, &seen);
+        svc.status = Some(p.status.clone());
+        // Its replacement, made to keep off node-1, finds no other node.
+        let name = seen.pods[1].name.clone();
+        seen.pods[1].node = None;
+        seen.pods[1].state = PodState::Unschedulable {
+            message: "0/2 nodes are available".into(),
+            since: fixtures::ago(60),
+        };
+        let deletes = |p: &crate::plan::Plan| -> Vec<String> {
+            (p.actions.iter())
+                .filter_map(|a| match a {
+                    Action::DeletePod { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), Vec::<String>::new(), "node-1 is still lost");
+        svc.status = Some(p.status.clone());
+
+        seen.nodes_back.insert("node-1".into());
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), vec![name], "{:?}", p.actions);
+        svc.status = Some(p.status.clone());
+        // Once lifted, nothing is deleted again: the next pod has no avoidance.
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), Vec::<String>::new(), "{:?}", p.actions);
     }
 }

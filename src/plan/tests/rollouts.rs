@@ -308,13 +308,10 @@ proptest! {
         let mut seen = seen;
         seen.pods.retain(|p| p.slot < svc.spec.replicas);
         let replicas = svc.spec.replicas;
-        // A drained pod is on its way out too: its slot counts as waiting for a pod.
-        let live = |p: &PodView| {
-            !matches!(
-                p.state,
-                PodState::Terminating | PodState::Retiring { .. } | PodState::Failed { .. }
-            )
-        };
+        // A pod on its way out (deleted, drained, or on a lost node with its deletion
+        // started) leaves its slot waiting for a pod, as the surge ceiling counts them.
+        let live =
+            |p: &PodView| !p.state.is_leaving() && !matches!(p.state, PodState::Failed { .. });
         let taken = |s: &Assessment| {
             let pods = s.pods.iter().filter(|p| live(p)).count();
             let vacant = (0..replicas)
