@@ -9,6 +9,10 @@ pub(crate) struct Chaos {
     pub(crate) origin: Instant,
     pub(crate) profiles: Vec<Profile>,
     pub(crate) nodes: Vec<String>,
+    pub(crate) real_nodes: Vec<String>,
+    /// Control-plane restarts, (from, to) on the soak's clock: the Service's endpoints
+    /// reach the proxy through the API server, so requests may fail while it is away.
+    pub(crate) control_plane_windows: Vec<(f64, f64)>,
     pub(crate) monitor: Arc<Mutex<Monitor>>,
     pub(crate) fleet: Arc<Mutex<Fleet>>,
     pub(crate) lost: Arc<Mutex<BTreeSet<String>>>,
@@ -178,21 +182,66 @@ impl Chaos {
                 lock(&self.fleet).kill(pid, role);
                 Ok(format!("SIGKILL pid {pid} ({role}); a new process starts"))
             }
-            Fault::ApiServerRestart => blocking(|| try_fault("apiserver-restart", None)).await,
+            Fault::ApiServerRestart => self.restart("apiserver-restart").await,
             Fault::EtcdRestart => {
                 let before = self.service_identities().await?;
-                let out = blocking(|| try_fault("etcd-restart", None)).await?;
+                let out = self.restart("etcd-restart").await?;
                 self.assert_data_kept(&before).await;
                 Ok(out)
             }
-            Fault::ControllerManagerRestart => {
-                blocking(|| try_fault("controller-manager-restart", None)).await
+            Fault::ControllerManagerRestart => self.restart("controller-manager-restart").await,
+            Fault::ContainerKill { service, slot } => {
+                // The scheduled service's container, else another real service's when its
+                // pods are all on a node that is down.
+                let first = self.profiles[*service].name;
+                let others = (self.profiles.iter()).filter(|p| p.real && p.name != first);
+                let names: Vec<&str> = std::iter::once(first)
+                    .chain(others.map(|p| p.name))
+                    .collect();
+                let victim = {
+                    let mut m = lock(&self.monitor);
+                    let (name, victim) = (names.iter())
+                        .find_map(|n| Some((*n, m.running_victim(n, *slot)?)))
+                        .ok_or(format!(
+                            "no real service has a running container on a node that is up: {names:?}"
+                        ))?;
+                    m.involuntary(name, Some(&victim));
+                    victim
+                };
+                let target = format!("{}/{victim}", self.namespace);
+                blocking(move || try_fault("container-kill", Some(&target))).await
+            }
+            Fault::RealNodeDown { node, partition } => {
+                let node = self.real_nodes[*node].clone();
+                lock(&self.lost).insert(node.clone());
+                lock(&self.monitor).node_lost(&node);
+                let what = if *partition {
+                    "node-partition"
+                } else {
+                    "node-crash"
+                };
+                let n = node.clone();
+                blocking(move || try_fault(what, Some(&n))).await
+            }
+            Fault::RealNodeBack { node } => {
+                let node = self.real_nodes[*node].clone();
+                self.bring_back(&node).await
             }
         }
     }
 
-    /// A new template for `service`: a new image, with the chaos `mode` or without any.
-    /// The rollout counts as voluntary from before the change reaches the server.
+    /// A control-plane restart, its window recorded for the client's requests.
+    async fn restart(&mut self, what: &'static str) -> Result<String, String> {
+        let from = self.t();
+        let out = blocking(move || try_fault(what, None)).await;
+        self.control_plane_windows.push((from, self.t()));
+        out
+    }
+
+    /// A new template for `service`: a new image, with the chaos `mode` or without any (the
+    /// test application on the real nodes alternates between two images that answer with
+    /// their version). The rollout counts as voluntary from before the change reaches the
+    /// server.
     pub(crate) async fn set_template(
         &mut self,
         service: &str,
@@ -200,10 +249,18 @@ impl Chaos {
     ) -> Result<String, String> {
         let n = self.images.entry(service.to_string()).or_insert(1);
         *n += 1;
-        let image = format!("example/{service}:{n}");
+        let real = self.profiles.iter().any(|p| p.name == service && p.real);
+        let (image, container) = if real {
+            let image = [TESTAPP_V1_IMAGE, TESTAPP_V2_IMAGE][(*n as usize + 1) % 2].to_string();
+            let container = real_container(&image);
+            (image, container)
+        } else {
+            let image = format!("example/{service}:{n}");
+            (image.clone(), json!({"name": "app", "image": image}))
+        };
         let body = json!({"spec": {"template": {
             "metadata": {"labels": {CHAOS_LABEL: mode}},
-            "spec": {"containers": [{"name": "app", "image": image}]}
+            "spec": {"containers": [container]}
         }}});
         {
             let mut m = lock(&self.monitor);
@@ -241,6 +298,11 @@ impl Chaos {
         // Lease first, and count it, since it means the harness failed.
         let mut handed_again = false;
         if !self.heartbeating(node).await {
+            if self.real_nodes.iter().any(|r| r == node) {
+                return Err(format!(
+                    "real node {node} does not heartbeat after node-back"
+                ));
+            }
             self.hand_to_kwok(node).await?;
             if !self.heartbeating(node).await {
                 return Err(format!("{node} does not heartbeat after node-back"));
@@ -338,7 +400,13 @@ impl Chaos {
                     }
                 }
             }
-            for node in self.nodes.clone() {
+            for node in self
+                .nodes
+                .iter()
+                .chain(&self.real_nodes)
+                .cloned()
+                .collect::<Vec<_>>()
+            {
                 match untaint(&self.client, &node).await {
                     Ok(true) => {
                         self.untainted += 1;

@@ -1,6 +1,8 @@
-//! The chaos soak: twenty ResilientServices (stateless and stateful, canaries, partitions,
-//! rollouts in flight) under a seeded random schedule of faults, with the operator's
-//! invariants checked at every watch event, then every service awaited back to Available.
+//! The chaos soak: twenty ResilientServices on KWOK nodes (stateless and stateful, canaries,
+//! partitions, rollouts in flight) and two on the real nodes (the test application, one
+//! stateless behind a ClusterIP Service that a client sends requests to, one stateful) under
+//! a seeded random schedule of faults, with the operator's invariants checked at every watch
+//! event, then every service awaited back to Available.
 //!
 //! `make chaos` runs it for ten minutes; `make test` runs it for CHAOS_SECONDS (default 90)
 //! of faults, with one fixed seed. CHAOS_SEED replays a schedule: the seed is printed first, and the same seed
@@ -10,7 +12,10 @@
 //! `chaos.perennial.dev/mode`: crash-loop, oom, fail or never-ready); node loss and return
 //! (`e2e/cluster/fault node-lost` / `node-back`); SIGKILL of the leading (or the standby)
 //! operator process of the two that run with leader election; API server, etcd and
-//! controller manager restarts. After an etcd restart every service must be there with the
+//! controller manager restarts; on the real nodes, SIGKILL of a container's main process
+//! (`container-kill`; its kubelet restarts it), and a real node crashed (`node-crash`: its
+//! kubelet, containerd and containers killed) or cut off (`node-partition`: its kubelet stops,
+//! its containers run on) for 25 to 50 s, one real node at a time. After an etcd restart every service must be there with the
 //! UID and creation time it had before (data kept), else a `data-lost` violation.
 //!
 //! Invariants, checked on every pod, service and claim event:
@@ -49,6 +54,13 @@
 //! - one lease term at a time: every write of the operators in the soak's namespace (the
 //!   audit log's, Lease updates aside) comes from the process that held the leader Lease
 //!   when the API server received it; the operator names itself in its User-Agent;
+//! - no failed request: the client sends TRAFFIC_PER_SECOND requests a second to the real
+//!   stateless service's ClusterIP from before the faults until every service is back, each
+//!   on a new connection; one may fail only inside a fault window on that service (a pod of
+//!   it killed, its container killed, a node under one of its pods lost, until it has
+//!   recovered) or during a control-plane restart (the proxy learns of endpoints through the
+//!   API server), or TRAFFIC_GRACE after either. A rolling update, an operator kill or a
+//!   fault elsewhere fails none;
 //! - no operator panic ("panicked at" in any operator process's output), no operator
 //!   process that stops on its own except a leader that lost its lease (the API server
 //!   gone past the renew deadline: it exits by design and is started again), and no log
@@ -74,6 +86,7 @@ mod services;
 #[path = "../support/mod.rs"]
 mod support;
 mod terms;
+mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
@@ -100,6 +113,10 @@ use pods::*;
 use schedule::*;
 use serde_json::{json, Value};
 use services::*;
+use support::real::{
+    cluster_ip_service_of, on_real_nodes, real_nodes, testapp_container, wait_serving, Traffic,
+    TrafficCount, TESTAPP_V1_IMAGE, TESTAPP_V2_IMAGE,
+};
 use support::*;
 use terms::*;
 
@@ -120,6 +137,15 @@ pub(crate) const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service
 pub(crate) const NODE_PREFIX: &str = "chaos";
 pub(crate) const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 pub(crate) const NODES: usize = 6;
+/// Real nodes the soak's real services run on and its real-node faults hit: the cluster's
+/// default. At most one of them is down at a time, so that each real service has somewhere
+/// to run.
+pub(crate) const REAL_NODE_COUNT: usize = 2;
+/// Requests per second the client sends to the real stateless service's ClusterIP.
+pub(crate) const TRAFFIC_PER_SECOND: u32 = 20;
+/// How long after a fault window closes a request may still fail: the proxy learns of an
+/// endpoint's change through the API server, a moment after the pod's condition changes.
+pub(crate) const TRAFFIC_GRACE: Duration = Duration::from_secs(5);
 /// Local volumes per node: the first claims, and the claims rebuilt after node losses
 /// (a released volume is not reused: its reclaim policy is Retain).
 pub(crate) const VOLUMES_PER_NODE: usize = 12;
@@ -191,6 +217,9 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         test_nodes.push(TestNode::with_labels(&client, NODE_PREFIX, zone, &labels).await);
     }
     let nodes: Vec<String> = test_nodes.iter().map(|n| n.name.clone()).collect();
+    let mut real = real_nodes(&client, REAL_NODE_COUNT).await;
+    real.sort();
+    real.truncate(REAL_NODE_COUNT);
     let pv_api: Api<PersistentVolume> = Api::all(client.clone());
     for node in &nodes {
         for i in 0..VOLUMES_PER_NODE {
@@ -229,7 +258,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         },
     )
     .await;
-    println!("nodes: {nodes:?} ({VOLUMES_PER_NODE} local volumes each)");
+    println!("nodes: {nodes:?} ({VOLUMES_PER_NODE} local volumes each); real nodes: {real:?}");
 
     // The watch, then two operators, then the services.
     let origin = Instant::now();
@@ -298,6 +327,12 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         }
     })
     .await;
+    // The client: requests through a ClusterIP Service to the real stateless service, from
+    // before the faults until every service is back.
+    let served = cluster_ip_service_of(&ns, &format!("{SERVED}-client"), SERVED).await;
+    wait_serving(served, "v1").await;
+    let traffic_origin = jiff::Timestamp::now() - origin.elapsed();
+    let client_traffic = Traffic::start(served, TRAFFIC_PER_SECOND);
     let setup = wall.elapsed();
     println!(
         "[{:7.1}s] {} services Available ({pods_total} pods) after {:.1} s of setup; faults begin",
@@ -314,6 +349,8 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         origin,
         profiles,
         nodes: nodes.clone(),
+        real_nodes: real.clone(),
+        control_plane_windows: Vec::new(),
         monitor: monitor.clone(),
         fleet: fleet.clone(),
         lost: lost.clone(),
@@ -407,7 +444,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         if swept.elapsed() >= Duration::from_secs(3) {
             swept = Instant::now();
             chaos.keep_control_plane().await;
-            for node in &nodes {
+            for node in nodes.iter().chain(&real) {
                 if let Ok(true) = untaint(&client, node).await {
                     chaos.untainted += 1;
                     println!(
@@ -429,6 +466,18 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
             format!("not every service came back: {last_seen:?}")
         }
     );
+
+    // The client stops; a request may have failed only inside a fault window on what serves
+    // it, or during a control-plane restart.
+    let counts = client_traffic.stop();
+    let failed = traffic::failures(&counts, traffic_origin);
+    let windows: Vec<(f64, f64)> = {
+        let now = origin.elapsed().as_secs_f64();
+        let mut w = lock(&monitor).fault_windows(SERVED, now);
+        w.extend(chaos.control_plane_windows.iter().copied());
+        w
+    };
+    let outside_windows = traffic::unexcused(&failed, &windows);
 
     // Stop watching and the operators; read their output to the end.
     watch.abort();
@@ -452,6 +501,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
     let terms = lock(&terms).clone();
     let (writes_checked, outside) = writes_outside_their_term(&ns.name, &terms, now);
     violations.extend(outside);
+    violations.extend(traffic::violations(&outside_windows));
     for v in violations.iter_mut().filter(|v| v.until.is_none()) {
         v.until = Some(now);
     }
@@ -625,6 +675,12 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
             .map(|(t, n)| format!("{n} {t:.1}s"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "requests to {SERVED} through its ClusterIP: {counts}; {} failed inside {} fault windows, {} outside",
+        failed.len() - outside_windows.len(),
+        windows.len(),
+        outside_windows.len()
     );
     println!(
         "one lease term at a time: {writes_checked} writes in the audit log, each checked against {} states of the lease",

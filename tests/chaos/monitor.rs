@@ -137,6 +137,8 @@ pub(crate) struct Monitor {
     pub(crate) closest_ceiling: Option<(i32, String)>,
     pub(crate) exclusions: usize,
     pub(crate) excluded_seconds: f64,
+    /// Every involuntary fault's window that has closed: (service, from, to).
+    pub(crate) closed_windows: Vec<(String, f64, f64)>,
 }
 
 impl Monitor {
@@ -417,6 +419,7 @@ impl Monitor {
                 .is_some_and(|d| !in_effect && ready_slots >= d.level);
             if let Some(d) = recovered.then(|| self.disturbed.remove(name)).flatten() {
                 self.excluded_seconds += now - d.since;
+                self.closed_windows.push((name.clone(), d.since, now));
             }
 
             if self.voluntary.get(name).is_some_and(|g| settled(svc, *g)) {
@@ -527,6 +530,16 @@ impl Monitor {
         self.lost_nodes.insert(node.to_string());
     }
 
+    /// The windows of involuntary faults on `service` up to `now`, one still open included.
+    pub(crate) fn fault_windows(&self, service: &str, now: f64) -> Vec<(f64, f64)> {
+        let open = self.disturbed.get(service).map(|d| (d.since, now));
+        (self.closed_windows.iter())
+            .filter(|(s, _, _)| s == service)
+            .map(|(_, from, to)| (*from, *to))
+            .chain(open)
+            .collect()
+    }
+
     pub(crate) fn node_back(&mut self, node: &str) {
         if self.lost_nodes.remove(node) {
             let t = self.t();
@@ -539,6 +552,24 @@ impl Monitor {
         self.pods_of(service)
             .into_iter()
             .find(|p| slot_of(p) == Some(slot) && !terminating(p))
+            .map(|p| p.name_any())
+    }
+
+    /// The pod whose container to kill in `slot` of `service`, or else in another slot: one
+    /// not leaving, whose container runs, on a node that is not down.
+    pub(crate) fn running_victim(&self, service: &str, slot: i32) -> Option<String> {
+        let running = |p: &&Pod| {
+            !terminating(p)
+                && node_of(p).is_some_and(|n| !self.lost_nodes.contains(n))
+                && (p.status.as_ref())
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|cs| cs.first())
+                    .and_then(|c| c.state.as_ref())
+                    .is_some_and(|s| s.running.is_some())
+        };
+        let pods = self.pods_of(service);
+        (pods.into_iter().filter(running))
+            .min_by_key(|p| slot_of(p) != Some(slot))
             .map(|p| p.name_any())
     }
 

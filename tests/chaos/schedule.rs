@@ -57,6 +57,10 @@ pub(crate) enum Kind {
     ApiServerRestart,
     EtcdRestart,
     ControllerManagerRestart,
+    ContainerKill,
+    NodeCrash,
+    NodePartition,
+    RealNodeBack,
 }
 
 impl Kind {
@@ -71,12 +75,16 @@ impl Kind {
             Kind::ApiServerRestart => "apiserver-restart",
             Kind::EtcdRestart => "etcd-restart",
             Kind::ControllerManagerRestart => "controller-manager-restart",
+            Kind::ContainerKill => "container-kill",
+            Kind::NodeCrash => "node-crash",
+            Kind::NodePartition => "node-partition",
+            Kind::RealNodeBack => "real-node-back",
         }
     }
 }
 
 /// Kinds drawn after every kind has had its turn, with their weights.
-pub(crate) const WEIGHTS: [(Kind, usize); 8] = [
+pub(crate) const WEIGHTS: [(Kind, usize); 11] = [
     (Kind::PodKill, 6),
     (Kind::Rollout, 4),
     (Kind::BadRollout, 3),
@@ -85,19 +93,50 @@ pub(crate) const WEIGHTS: [(Kind, usize); 8] = [
     (Kind::ApiServerRestart, 1),
     (Kind::EtcdRestart, 1),
     (Kind::ControllerManagerRestart, 1),
+    (Kind::ContainerKill, 2),
+    (Kind::NodeCrash, 1),
+    (Kind::NodePartition, 1),
 ];
 
 #[derive(Clone, Debug)]
 pub(crate) enum Fault {
-    PodKill { service: usize, slot: i32 },
-    Rollout { service: usize },
-    BadRollout { service: usize, mode: &'static str },
-    NodeLost { node: usize },
-    NodeBack { node: usize },
-    OperatorKill { leader: bool },
+    PodKill {
+        service: usize,
+        slot: i32,
+    },
+    Rollout {
+        service: usize,
+    },
+    BadRollout {
+        service: usize,
+        mode: &'static str,
+    },
+    NodeLost {
+        node: usize,
+    },
+    NodeBack {
+        node: usize,
+    },
+    OperatorKill {
+        leader: bool,
+    },
     ApiServerRestart,
     EtcdRestart,
     ControllerManagerRestart,
+    /// SIGKILL of the main process of a real pod's container; its kubelet restarts it.
+    ContainerKill {
+        service: usize,
+        slot: i32,
+    },
+    /// A real node goes down: crashed (kubelet, containerd and containers killed) or
+    /// partitioned (the kubelet stops, its containers run on).
+    RealNodeDown {
+        node: usize,
+        partition: bool,
+    },
+    RealNodeBack {
+        node: usize,
+    },
 }
 
 impl Fault {
@@ -112,6 +151,14 @@ impl Fault {
             Fault::ApiServerRestart => Kind::ApiServerRestart,
             Fault::EtcdRestart => Kind::EtcdRestart,
             Fault::ControllerManagerRestart => Kind::ControllerManagerRestart,
+            Fault::ContainerKill { .. } => Kind::ContainerKill,
+            Fault::RealNodeDown {
+                partition: false, ..
+            } => Kind::NodeCrash,
+            Fault::RealNodeDown {
+                partition: true, ..
+            } => Kind::NodePartition,
+            Fault::RealNodeBack { .. } => Kind::RealNodeBack,
         }
     }
 
@@ -131,6 +178,18 @@ impl Fault {
             Fault::ApiServerRestart => "apiserver-restart".into(),
             Fault::EtcdRestart => "etcd-restart".into(),
             Fault::ControllerManagerRestart => "controller-manager-restart".into(),
+            Fault::ContainerKill { service, slot } => {
+                format!("container-kill {} slot {slot}", profiles[*service].name)
+            }
+            Fault::RealNodeDown { node, partition } => format!(
+                "{} real node #{node}",
+                if *partition {
+                    "node-partition"
+                } else {
+                    "node-crash"
+                }
+            ),
+            Fault::RealNodeBack { node } => format!("node-back real node #{node}"),
         }
     }
 }
@@ -142,8 +201,10 @@ pub(crate) struct Step {
 
 /// The faults of a `seconds` long phase. Every kind comes once first, in a random order
 /// (so that even a short run sees each), then kinds are drawn by weight among those that
-/// may come now: at most MAX_LOST_NODES lost at once, control-plane restarts at least
-/// CONTROL_PLANE_SPACING apart. A first turn that may not come yet waits for its time.
+/// may come now: at most MAX_LOST_NODES KWOK nodes lost at once and one real node down,
+/// control-plane restarts at least CONTROL_PLANE_SPACING apart. A first turn that may not
+/// come yet waits for its time. Bad templates go to KWOK services (their misbehaviour is
+/// KWOK's), container kills to real ones.
 pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec<Step> {
     let mut deck: Vec<Kind> = WEIGHTS.iter().map(|(k, _)| *k).collect();
     for i in (1..deck.len()).rev() {
@@ -152,9 +213,28 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
     let mut waiting: Vec<Kind> = Vec::new();
     let mut steps = Vec::new();
     let mut lost: Vec<(usize, f64)> = Vec::new();
+    let mut real_down: Option<(usize, f64)> = None;
     let mut last_control_plane = f64::NEG_INFINITY;
+    let kwok: Vec<usize> = (0..profiles.len()).filter(|i| !profiles[*i].real).collect();
+    let real: Vec<usize> = (0..profiles.len()).filter(|i| profiles[*i].real).collect();
     let mut t = rng.between(GAP_SECONDS);
+    // The served service rolls out first, before any fault, so that even a short run counts
+    // the client's requests through a rolling update outside a fault window.
+    if let Some(service) = profiles.iter().position(|p| p.name == SERVED) {
+        steps.push(Step {
+            at: t,
+            fault: Fault::Rollout { service },
+        });
+        t += GAP_SECONDS.1;
+    }
     while t < seconds - 3.0 {
+        if let Some((node, back)) = real_down.filter(|(_, back)| *back <= t) {
+            steps.push(Step {
+                at: back,
+                fault: Fault::RealNodeBack { node },
+            });
+            real_down = None;
+        }
         lost.retain(|&(node, back)| {
             let due = back <= t;
             if due {
@@ -167,6 +247,7 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
         });
         let allowed = |k: Kind| match k {
             Kind::NodeLost => lost.len() < MAX_LOST_NODES,
+            Kind::NodeCrash | Kind::NodePartition => real_down.is_none(),
             Kind::ApiServerRestart | Kind::EtcdRestart | Kind::ControllerManagerRestart => {
                 t - last_control_plane >= CONTROL_PLANE_SPACING
             }
@@ -206,9 +287,24 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
             },
             Kind::Rollout => Fault::Rollout { service },
             Kind::BadRollout => Fault::BadRollout {
-                service,
+                service: kwok[service % kwok.len()],
                 mode: CHAOS_MODES[rng.below(CHAOS_MODES.len())],
             },
+            Kind::ContainerKill => {
+                let service = real[service % real.len()];
+                Fault::ContainerKill {
+                    service,
+                    slot: rng.below(profiles[service].replicas as usize) as i32,
+                }
+            }
+            Kind::NodeCrash | Kind::NodePartition => {
+                let node = rng.below(REAL_NODE_COUNT);
+                real_down = Some((node, t + rng.between(NODE_LOST_SECONDS)));
+                Fault::RealNodeDown {
+                    node,
+                    partition: kind == Kind::NodePartition,
+                }
+            }
             Kind::NodeLost => {
                 let free: Vec<usize> = (0..NODES)
                     .filter(|n| lost.iter().all(|(l, _)| l != n))
@@ -232,12 +328,20 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
                 last_control_plane = t;
                 Fault::ControllerManagerRestart
             }
-            Kind::NodeBack => unreachable!("node-back is scheduled with its loss"),
+            Kind::NodeBack | Kind::RealNodeBack => {
+                unreachable!("node-back is scheduled with its loss")
+            }
         };
         steps.push(Step { at: t, fault });
         t += rng.between(GAP_SECONDS);
     }
     // Nodes still lost when the phase ends come back with the other reverts.
+    if let Some((node, back)) = real_down.filter(|(_, back)| *back < seconds) {
+        steps.push(Step {
+            at: back,
+            fault: Fault::RealNodeBack { node },
+        });
+    }
     for (node, back) in lost {
         if back < seconds {
             steps.push(Step {
@@ -248,4 +352,53 @@ pub(crate) fn schedule(rng: &mut Rng, seconds: f64, profiles: &[Profile]) -> Vec
     }
     steps.sort_by(|a, b| a.at.total_cmp(&b.at));
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_node_faults_hit_one_real_node_at_a_time_kills_and_bad_templates_go_where_they_act_and_the_served_service_rolls_before_any_fault(
+    ) {
+        let profiles = profiles();
+        for seed in 0..200 {
+            let plan = schedule(&mut Rng(seed), 600.0, &profiles);
+            let mut down: Option<usize> = None;
+            let mut kinds = BTreeSet::new();
+            for step in &plan {
+                kinds.insert(step.fault.kind());
+                match &step.fault {
+                    Fault::RealNodeDown { node, .. } => {
+                        assert!(down.is_none(), "seed {seed}: two real nodes down");
+                        assert!(*node < REAL_NODE_COUNT);
+                        down = Some(*node);
+                    }
+                    Fault::RealNodeBack { node } => {
+                        assert_eq!(down, Some(*node), "seed {seed}: back without down");
+                        down = None;
+                    }
+                    Fault::ContainerKill { service, slot } => {
+                        assert!(profiles[*service].real, "seed {seed}: kill of a fake pod");
+                        assert!(*slot < profiles[*service].replicas);
+                    }
+                    Fault::BadRollout { service, .. } => {
+                        assert!(
+                            !profiles[*service].real,
+                            "seed {seed}: bad template on real nodes"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                matches!(plan[0].fault, Fault::Rollout { service } if profiles[service].name == SERVED),
+                "seed {seed}: {}",
+                plan[0].fault.describe(&profiles)
+            );
+            for kind in [Kind::ContainerKill, Kind::NodeCrash, Kind::NodePartition] {
+                assert!(kinds.contains(&kind), "seed {seed}: no {}", kind.name());
+            }
+        }
+    }
 }

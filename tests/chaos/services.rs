@@ -6,7 +6,14 @@ pub(crate) struct Profile {
     pub(crate) name: &'static str,
     pub(crate) replicas: i32,
     pub(crate) spec: Value,
+    /// Runs the test application on the real nodes (real containers, real traffic)
+    /// instead of fake pods on the soak's KWOK nodes.
+    pub(crate) real: bool,
 }
+
+/// The stateless service on the real nodes that the soak's client sends requests to,
+/// through a ClusterIP Service of the same name.
+pub(crate) const SERVED: &str = "real-web";
 
 pub(crate) fn stateful(extra: Value) -> Value {
     let mut spec = json!({"volumeClaimTemplates": [{
@@ -20,14 +27,34 @@ pub(crate) fn stateful(extra: Value) -> Value {
     spec
 }
 
-/// Twenty services covering the update and repair policies: 13 stateless, 7 stateful.
+/// Twenty services on KWOK nodes covering the update and repair policies (13 stateless, 7
+/// stateful), and two on the real nodes: one stateless behind the client's Service, and one
+/// stateful slot whose claim lives on a real node and must never have two pods that may run.
 pub(crate) fn profiles() -> Vec<Profile> {
     let p = |name, replicas, spec| Profile {
         name,
         replicas,
         spec,
+        real: false,
+    };
+    let real = |name, replicas, spec| Profile {
+        name,
+        replicas,
+        spec,
+        real: true,
     };
     vec![
+        // One pod per real node, so that a node down takes half of it, never all: with two
+        // nodes there is no room for a surge pod, so a rollout replaces one pod at a time.
+        real(
+            SERVED,
+            2,
+            json!({
+                "redundancy": {"onePerNode": true, "whenUnsatisfiable": "DoNotSchedule"},
+                "update": {"maxSurge": 0, "maxUnavailable": 1, "minReadySeconds": 1}
+            }),
+        ),
+        real("real-db", 1, stateful(json!({}))),
         p(
             "web-a",
             3,
@@ -137,10 +164,26 @@ pub(crate) fn merge(base: &mut Value, extra: Value) {
     }
 }
 
-/// The service of `profile`, its pods placed on the soak's own nodes. Short deadlines, so
-/// that a bad rollout is judged (and rolled back) within the soak: a crash loop after two
-/// restarts, a rollout without progress after 30 s, a silent node after 10 s.
+/// The service of `profile`, its pods placed on the soak's own nodes, or the test
+/// application on the real nodes. Short deadlines, so that a bad rollout is judged (and
+/// rolled back) within the soak: a crash loop after two restarts, a rollout without progress
+/// after 30 s, a silent node after 10 s.
 pub(crate) fn service(profile: &Profile, group: &str) -> ResilientService {
+    let pod = if profile.real {
+        let mut pod = on_real_nodes();
+        pod["containers"] = json!([real_container(TESTAPP_V1_IMAGE)]);
+        pod["terminationGracePeriodSeconds"] = json!(5);
+        pod
+    } else {
+        json!({
+            "containers": [{"name": "app", "image": format!("example/{}:1", profile.name)}],
+            "nodeSelector": {GROUP_LABEL: group},
+            "tolerations": [{
+                "key": TEST_NODE_TAINT, "operator": "Equal", "value": NODE_PREFIX,
+                "effect": "NoSchedule"
+            }]
+        })
+    };
     let mut spec = json!({
         "replicas": profile.replicas,
         "update": {"progressDeadlineSeconds": 30},
@@ -148,14 +191,7 @@ pub(crate) fn service(profile: &Profile, group: &str) -> ResilientService {
         "repair": {"nodeLostAfterSeconds": 10},
         "template": {
             "metadata": {"labels": {"app": profile.name}},
-            "spec": {
-                "containers": [{"name": "app", "image": format!("example/{}:1", profile.name)}],
-                "nodeSelector": {GROUP_LABEL: group},
-                "tolerations": [{
-                    "key": TEST_NODE_TAINT, "operator": "Equal", "value": NODE_PREFIX,
-                    "effect": "NoSchedule"
-                }]
-            }
+            "spec": pod
         }
     });
     merge(&mut spec, profile.spec.clone());
@@ -166,6 +202,14 @@ pub(crate) fn service(profile: &Profile, group: &str) -> ResilientService {
         "spec": spec,
     }))
     .expect("a valid ResilientService")
+}
+
+/// The test application's container of `image`: a template change replaces the container
+/// list whole, so every change carries the probe and the security context again.
+pub(crate) fn real_container(image: &str) -> Value {
+    let mut container = testapp_container(&[]);
+    container["image"] = json!(image);
+    container
 }
 
 /// Back to Available with every replica Ready, at the current generation.

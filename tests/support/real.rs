@@ -251,10 +251,17 @@ pub fn node_runs_containers(node: &str) -> bool {
 /// A ClusterIP Service `name` in front of the pods labelled `app: name`, port 80 to 8080;
 /// returns its address.
 pub async fn cluster_ip_service(ns: &TestNamespace, name: &str) -> SocketAddr {
+    cluster_ip_service_of(ns, name, name).await
+}
+
+/// A ClusterIP Service `name` in front of the pods labelled `app: app`, port 80 to 8080;
+/// returns its address. A ResilientService with claims owns a headless Service of its own
+/// name, so a Service in front of it takes another.
+pub async fn cluster_ip_service_of(ns: &TestNamespace, name: &str, app: &str) -> SocketAddr {
     let api: Api<Service> = ns.api();
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": name},
-        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
+        "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}
     }))
     .expect("a valid Service");
     let created = api
