@@ -84,5 +84,5 @@ demo: ## start the control plane, run the operator and a sample service, show it
 bench: cluster ## benchmarks side by side with the built-in controllers (BENCH_TRIALS, BENCH_SCALE_SERVICES, ...)
 	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) PERENNIAL_TEST_LOG=$${PERENNIAL_TEST_LOG:-info} cargo test --release --test bench -- --ignored --nocapture --test-threads=1
 
-chaos: cluster ## a seeded chaos soak on the local control plane (CHAOS_SECONDS=600; CHAOS_SEED replays one)
+chaos: cluster images ## a seeded chaos soak on the local control plane (CHAOS_SECONDS=600; CHAOS_SEED replays one)
 	PERENNIAL_KUBECONFIG=$(LOCAL_KUBECONFIG) CHAOS_SECONDS=$${CHAOS_SECONDS:-600} cargo test --test chaos -- --nocapture --test-threads=1

@@ -39,6 +39,30 @@ async fn pod_on(ns: &TestNamespace, name: &str) -> Vec<Pod> {
     pods(ns, &format!("app={name}")).await
 }
 
+/// Waits until the operator has marked pod `name`, on a lost node, not ready while the pod
+/// still exists: Services stop sending it requests before it is replaced.
+async fn wait_unrouted(ns: &TestNamespace, name: &str) {
+    let api: Api<Pod> = ns.api();
+    wait_object(
+        &api,
+        name,
+        "marked not ready by the operator (NodeLost)",
+        POD_TIMEOUT,
+        |pod| {
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+            match ready {
+                Some(c) if c.status == "False" && c.reason.as_deref() == Some("NodeLost") => Ok(()),
+                other => Err(format!("Ready is {other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_container_crashing_under_a_real_kubelet_is_judged_crash_loop_back_off_and_climbs_the_ladder(
 ) {
@@ -119,6 +143,8 @@ async fn the_replicas_of_a_crashed_real_node_are_ready_again_on_the_other_real_n
     let _operator = Operator::with_crd(&ns).await;
     let spec = json!({"repair": {"nodeLostAfterSeconds": NODE_LOST_AFTER}});
     let api = create_service(&ns, &testapp_service("web", 2, &[], spec)).await;
+    // A Service that routes by readiness, as a client's would.
+    cluster_ip_service_of(&ns, "web-client", "web").await;
     wait_available(&api, "web", 2, POD_TIMEOUT).await;
 
     let before = pod_on(&ns, "web").await;
@@ -136,6 +162,11 @@ async fn the_replicas_of_a_crashed_real_node_are_ready_again_on_the_other_real_n
     let _back = NodeBack(victim.clone());
     let crashed_at = Instant::now();
     real_fault("node-crash", &victim);
+    wait_unrouted(&ns, &before[0].metadata.name.clone().unwrap_or_default()).await;
+    println!(
+        "node-crash of {victim}: its pod marked not ready {:.1} s after the crash",
+        crashed_at.elapsed().as_secs_f64()
+    );
 
     let svc = wait_svc(
         &api,
@@ -189,11 +220,14 @@ async fn a_stateful_slot_on_a_partitioned_real_node_waits_for_evidence_while_its
         json!({"repair": {"nodeLostAfterSeconds": NODE_LOST_AFTER, "fencing": "WaitForEvidence"}}),
     );
     let api = create_service(&ns, &testapp_service("store", 1, &[], spec)).await;
+    cluster_ip_service_of(&ns, "store-client", "store").await;
     wait_available(&api, "store", 1, POD_TIMEOUT).await;
     let [pod] = pod_on(&ns, "store").await.try_into().expect("one pod");
     let node = node_of(&pod);
     let _back = NodeBack(node.clone());
     real_fault("node-partition", &node);
+    // Cut off, it may serve stale data or none: clients are sent elsewhere (here, nowhere).
+    wait_unrouted(&ns, &pod.metadata.name.clone().unwrap_or_default()).await;
 
     let svc = wait_svc(
         &api,
@@ -221,6 +255,7 @@ async fn a_stateful_slot_on_a_partitioned_real_node_waits_for_evidence_while_its
         describe_all(&now)
     );
 
+    // Its kubelet, back, sets Ready again from what its containers say.
     real_fault("node-back", &node);
     wait_available(&api, "store", 1, POD_TIMEOUT).await;
     let [again] = pod_on(&ns, "store").await.try_into().expect("one pod");

@@ -62,6 +62,17 @@ pub fn event_for(action: &Action) -> Option<Event> {
             format!("replacing pod {name}: {reason}"),
         )
         .listed("replacing", "pods", format!(" ({reason})"), name.clone()),
+        Action::MarkPodNotReady { name, reason } => Event::warning(
+            "NodeLost",
+            "Unroute",
+            format!("stopped routing to pod {name}, marked not ready: {reason}"),
+        )
+        .listed(
+            "stopped routing to",
+            "pods",
+            format!(", marked not ready ({reason})"),
+            name.clone(),
+        ),
         Action::RebuildClaim { name, reason, .. } => Event::warning(
             "VolumeRebuilt",
             "Repair",

@@ -53,6 +53,44 @@ pub(super) async fn set(
     }
 }
 
+/// Sets the Ready condition of pod `name`, on a lost node, False: EndpointSlices then list
+/// it not ready, and proxies stop sending it traffic.
+pub(super) async fn mark_not_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Result<(), Error> {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let message: String = reason.chars().take(512).collect();
+    // Conditions merge by type: the kubelet's others are left as they are.
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready",
+        "status": "False",
+        "reason": NOT_READY_NODE_LOST,
+        "message": message,
+        "lastTransitionTime": jiff::Timestamp::now().to_string(),
+    }]}});
+    let what = || format!("mark pod {name} not ready");
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => {
+            wrote(what);
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Api {
+            what: what(),
+            source,
+        }),
+    }
+}
+
+/// The reason on the Ready condition of a pod the operator marked not ready.
+const NOT_READY_NODE_LOST: &str = "NodeLost";
+
 /// Patches pod `name` from revision `from` to `revision` in place: CPU and memory through
 /// the `resize` subresource first, then labels, annotations and images.
 pub(super) async fn upgrade(

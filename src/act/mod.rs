@@ -144,6 +144,8 @@ fn phase_of(action: &Action) -> u8 {
         | Action::TaintNode { .. }
         | Action::UntaintNode { .. }
         | Action::ForgetFence { .. }
+        // Clients are sent to a node nothing answers on until this is done.
+        | Action::MarkPodNotReady { .. }
         | Action::ApplyService
         | Action::ApplyDisruptionBudget
         | Action::CreateClaim { .. } => 0,
@@ -257,6 +259,9 @@ async fn perform(
         } => gate::set(client, ns, name, false, *upgrade, reason).await,
         Action::OpenGate { name } => {
             gate::set(client, ns, name, true, false, "ready to serve").await
+        }
+        Action::MarkPodNotReady { name, reason } => {
+            gate::mark_not_ready(client, ns, name, reason).await
         }
         Action::UpgradeInPlace {
             name,

@@ -71,6 +71,11 @@ pub enum Action {
     MarkRevisionBad { name: String, reason: String },
     /// Delete a pod at once (grace period 0): its node is gone and will never confirm.
     ForceDeletePod { name: String, reason: String },
+    /// Set the Ready condition of a pod on a lost node False, so that EndpointSlices stop
+    /// routing to it while its loss settles: its silent kubelet cannot, and the node
+    /// lifecycle controller does so only after its own, longer grace period. A kubelet that
+    /// comes back sets the condition from what its containers say.
+    MarkPodNotReady { name: String, reason: String },
     /// Taint a lost node out-of-service (repair.fencing: TaintOutOfService), and record
     /// that this service did.
     TaintNode { node: String },

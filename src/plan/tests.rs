@@ -224,6 +224,11 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                     p.serving.gate = crate::health::Gate::Open;
                 }
             }
+            Action::MarkPodNotReady { name, .. } => {
+                for p in next.pods.iter_mut().filter(|p| &p.name == name) {
+                    p.serving.listing = crate::health::Listing::NotReady;
+                }
+            }
             Action::UpgradeInPlace { name, revision, .. } => {
                 for p in next.pods.iter_mut().filter(|p| &p.name == name) {
                     p.revision = revision.clone();

@@ -210,6 +210,9 @@ fn slot_steps(
         // A slot still served by a pod of its own elsewhere (a rollout's new pod that the
         // scheduler sent to the lost node beside its old one) has lost nothing.
         let served_elsewhere = pods.iter().any(|p| p.state.holds_its_slot());
+        if !mass_failure {
+            node_loss::stop_routing(&pods, &mut out);
+        }
         node_loss::repair(s, pod, mass_failure, served_elsewhere, budget, &mut out);
         return out;
     }

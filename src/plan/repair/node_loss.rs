@@ -8,7 +8,7 @@ use super::budget::{Budget, WAITING_FOR_BUDGET};
 use super::storm::WAITING_FOR_CALM;
 use super::{storage, AvoidReason, Avoidance, Settings, SlotPlan};
 use crate::api::{EscalationStep, Fencing};
-use crate::health::{NodeHealth, PodState, PodView};
+use crate::health::{Listing, NodeHealth, PodState, PodView};
 
 /// Decides for `pod`, which is on a lost node; `served_elsewhere` when another pod of its
 /// slot runs.
@@ -40,6 +40,24 @@ pub(super) fn repair(
         replace(s, pod, budget, out);
     } else {
         fence(s, node, out);
+    }
+}
+
+/// Marks not ready every pod of the slot on a lost node that a Service still routes to, so
+/// that clients stop reaching a node nothing answers on. Not under a storm: nodes that all
+/// look lost at once more likely share a fault of their heartbeats than of their pods, and
+/// unlisting every pod would turn a false alarm into an outage.
+pub(super) fn stop_routing(pods: &[&PodView], out: &mut SlotPlan) {
+    for pod in pods {
+        let PodState::OnLostNode { message, .. } = &pod.state else {
+            continue;
+        };
+        if pod.serving.listing == Listing::Ready {
+            out.actions.push(crate::plan::Action::MarkPodNotReady {
+                name: pod.name.clone(),
+                reason: format!("NodeLost: {message}"),
+            });
+        }
     }
 }
 

@@ -189,6 +189,28 @@ proptest! {
     }
 
     #[test]
+    fn only_a_routed_pod_on_a_lost_node_is_marked_not_ready_and_never_under_a_storm((svc, seen) in arb_case()) {
+        let p = plan(&svc, &seen);
+        for action in &p.actions {
+            let Action::MarkPodNotReady { name, .. } = action else { continue };
+            let pod = seen.pods.iter().find(|p| &p.name == name).unwrap();
+            prop_assert!(matches!(pod.state, PodState::OnLostNode { .. }), "{:?}", pod);
+            prop_assert_eq!(pod.serving.listing, crate::health::Listing::Ready);
+            prop_assert_ne!(p.status.reason.as_deref(), Some("MassFailureSuspected"));
+        }
+        // Every routed pod on a lost node of a slot the service keeps is unrouted, unless a
+        // storm is suspected.
+        if p.status.reason.as_deref() != Some("MassFailureSuspected") {
+            for pod in &seen.pods {
+                let kept = pod.slot < svc.spec.replicas;
+                if kept && matches!(pod.state, PodState::OnLostNode { .. }) && pod.serving.listing == crate::health::Listing::Ready {
+                    prop_assert!(p.actions.iter().any(|a| matches!(a, Action::MarkPodNotReady { name, .. } if *name == pod.name)), "{:?} left routed", pod);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn never_a_second_pod_in_a_stateful_slot_nor_a_pod_beyond_replicas((svc, seen) in arb_case()) {
         let before = pods_per_slot(&seen);
         let stateful = !svc.spec.volume_claim_templates.is_empty();

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::api::{Fencing, ReplicaStatus, VolumeLostPolicy};
+use crate::health::Listing;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -539,4 +540,66 @@ fn an_old_pod_on_a_lost_node_whose_deletion_started_is_not_deleted_again_but_for
     assert_eq!(deletes_of_old(&settling), Vec::<&str>::new());
     let settled = pass(&mut svc, &at_lost(41));
     assert_eq!(deletes_of_old(&settled), vec!["ForceDeletePod"]);
+}
+
+#[test]
+fn a_pod_on_a_lost_node_that_services_still_route_to_is_marked_not_ready_while_its_loss_settles() {
+    let svc = service(3, false);
+    let mut seen = converged(&svc);
+    let name = seen.pods[1].name.clone();
+    seen.pods[1].serving.listing = Listing::Ready;
+    // Lost at 30 s of silence, acted on 11 s later: clients are not sent there meanwhile.
+    seen.pods[1].state = lost_for(35, false);
+    let p = plan(&svc, &seen);
+    assert_eq!(
+        p.actions,
+        vec![Action::MarkPodNotReady {
+            name: name.clone(),
+            reason: "NodeLost: node node-1 has not renewed its lease for 35 s".into(),
+        }]
+    );
+    assert!(p.status.replica_statuses[1]
+        .waiting_for
+        .as_deref()
+        .is_some_and(|w| w.contains("settle")));
+    // Settled: unrouted first, and replaced.
+    seen.pods[1].state = lost(false);
+    assert_eq!(
+        kinds(&plan(&svc, &seen).actions),
+        vec!["MarkPodNotReady", "ForceDeletePod"]
+    );
+    // Once the slices list it not ready, nothing is written again.
+    seen.pods[1].serving.listing = Listing::NotReady;
+    assert_eq!(kinds(&plan(&svc, &seen).actions), vec!["ForceDeletePod"]);
+}
+
+#[test]
+fn a_stateful_pod_on_a_lost_node_is_unrouted_while_it_waits_for_evidence() {
+    let svc = service(3, true);
+    let mut seen = converged(&svc);
+    seen.pods[2].serving.listing = Listing::Ready;
+    seen.pods[2].state = lost(false);
+    let p = plan(&svc, &seen);
+    assert_eq!(kinds(&p.actions), vec!["MarkPodNotReady"]);
+    assert!(p.status.replica_statuses[2]
+        .waiting_for
+        .as_deref()
+        .is_some_and(|w| w.starts_with("evidence that node")));
+}
+
+#[test]
+fn under_a_suspected_storm_pods_on_lost_nodes_stay_routed() {
+    let svc = service(3, false);
+    let mut seen = converged(&svc);
+    for pod in &mut seen.pods[..2] {
+        pod.serving.listing = Listing::Ready;
+        pod.state = lost(false);
+    }
+    let p = plan(&svc, &seen);
+    assert_eq!(
+        p.actions,
+        vec![],
+        "a false alarm must not unlist most of the service"
+    );
+    assert_eq!(p.status.reason.as_deref(), Some("MassFailureSuspected"));
 }
