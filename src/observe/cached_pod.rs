@@ -12,6 +12,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::Deserialize;
 
+use crate::api::GATE_SERVING;
+
+/// The pod conditions the health judgement, the gate and in-place upgrades read.
+const READ_CONDITIONS: [&str; 6] = [
+    "PodScheduled",
+    "Ready",
+    "ContainersReady",
+    GATE_SERVING,
+    "PodResizePending",
+    "PodResizeInProgress",
+];
+
 /// A pod with its metadata (without annotations and managed fields) and what the health
 /// judgement, the drain and in-place upgrades read of its spec and status.
 #[derive(Clone, Debug, Default, Deserialize, Resource)]
@@ -67,10 +79,28 @@ pub struct CachedContainerStatus {
 }
 
 impl CachedPod {
-    /// Drops what the decoding kept of the metadata that nothing reads.
+    /// Drops what the decoding kept that nothing reads: annotations, managed fields, and
+    /// the conditions (or parts of them) that no judgement looks at. Six conditions were a
+    /// quarter of a cached pod.
     pub fn trim(&mut self) {
         self.metadata.annotations = None;
         self.metadata.managed_fields = None;
+        let Some(conditions) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) else {
+            return;
+        };
+        conditions.retain(|c| READ_CONDITIONS.contains(&c.type_.as_str()));
+        for c in conditions.iter_mut() {
+            c.last_probe_time = None;
+            c.observed_generation = None;
+            // Only an unschedulable pod's message is reported; the gate's reason is read.
+            if c.type_ != "PodScheduled" {
+                c.message = None;
+            }
+            if c.type_ != "PodScheduled" && c.type_ != GATE_SERVING {
+                c.reason = None;
+            }
+        }
+        conditions.shrink_to_fit();
     }
 
     /// The node the pod is bound to.
@@ -181,6 +211,14 @@ mod tests {
                 "lastTransitionTime": at}],
                 "containerStatuses": [{"name": "app", "image": "example/app:2", "imageID": "",
                     "ready": true, "restartCount": 1, "started": true}]}),
+            serde_json::json!({"phase": "Running",
+                "conditions": [{"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": at},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": at},
+                    {"type": "PodResizePending", "status": "True", "reason": "Deferred", "lastTransitionTime": at},
+                    {"type": "Ready", "status": "True", "reason": "x", "message": "y", "lastTransitionTime": at,
+                        "lastProbeTime": at}, gate],
+                "containerStatuses": [{"name": "app", "image": "example/app:1", "ready": true,
+                    "restartCount": 0, "started": true, "state": {"running": {"startedAt": at}}}]}),
             serde_json::json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory"}),
             serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
                 "status": "False", "reason": "Unschedulable", "message": "0/3 nodes", "lastTransitionTime": at}]}),
@@ -205,6 +243,54 @@ mod tests {
             assert_eq!(pod.metadata.annotations, None);
             assert_eq!(pod.metadata.managed_fields, None);
         }
+    }
+
+    #[test]
+    fn the_cache_keeps_the_conditions_a_judgement_reads_and_of_them_what_it_reads() {
+        let at = "2026-01-01T00:00:00Z";
+        let mut cached: CachedPod = serde_json::from_value(full_pod(serde_json::json!({
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": at},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": at},
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/3 nodes are available", "lastTransitionTime": at, "lastProbeTime": at},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                    "message": "containers with unready status: [app]", "lastTransitionTime": at},
+                {"type": crate::api::GATE_SERVING, "status": "False", "reason": crate::health::GATE_UPGRADING,
+                    "message": "closed by the operator", "lastTransitionTime": at},
+            ]})))
+        .unwrap();
+        cached.trim();
+        let kept: Vec<_> = (cached
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter())
+        .map(|c| (c.type_.as_str(), c.reason.as_deref(), c.message.as_deref()))
+        .collect();
+        assert_eq!(
+            kept,
+            [
+                (
+                    "PodScheduled",
+                    Some("Unschedulable"),
+                    Some("0/3 nodes are available")
+                ),
+                ("Ready", None, None),
+                (
+                    crate::api::GATE_SERVING,
+                    Some(crate::health::GATE_UPGRADING),
+                    None
+                ),
+            ]
+        );
+        let conditions = cached.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert!(conditions.iter().all(|c| c.last_probe_time.is_none()));
+        assert!(conditions.iter().all(|c| c.last_transition_time.is_some()));
     }
 
     #[test]

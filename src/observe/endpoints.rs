@@ -2,7 +2,7 @@
 //! as an index by pod, written by the EndpointSlice watch, so that a reconcile reads only
 //! its own pods' entries instead of scanning every slice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
@@ -19,6 +19,14 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// (namespace, name)
 type Key = (String, String);
 
+/// One slice's listing of a pod.
+#[derive(Debug)]
+struct Listed {
+    slice: String,
+    service: String,
+    ready: bool,
+}
+
 /// The slices that list each pod, written by the slice watch and read by reconciles.
 #[derive(Clone, Debug, Default)]
 pub struct SliceIndex {
@@ -27,8 +35,9 @@ pub struct SliceIndex {
 
 #[derive(Debug, Default)]
 struct Index {
-    /// Per pod: per slice name, its Service and whether it lists the pod ready.
-    by_pod: HashMap<Key, BTreeMap<String, (String, bool)>>,
+    /// Per pod: each slice that lists it, its Service and whether it lists the pod ready.
+    /// A pod is in a slice or two: a short list, where a map per pod cost most of the index.
+    by_pod: HashMap<Key, Vec<Listed>>,
     /// Per slice: the pods it lists, to forget them when it changes or goes.
     by_slice: HashMap<Key, Vec<String>>,
     /// Per pod uid: when the operator first saw it drained (gate closed, ready nowhere).
@@ -49,7 +58,7 @@ impl SliceIndex {
         for pod in index.by_slice.remove(&slice_key).unwrap_or_default() {
             let pod_key = (ns.to_string(), pod);
             if let Some(entries) = index.by_pod.get_mut(&pod_key) {
-                entries.remove(name);
+                entries.retain(|e| e.slice != name);
                 if entries.is_empty() {
                     index.by_pod.remove(&pod_key);
                 }
@@ -80,11 +89,17 @@ impl SliceIndex {
                 .as_ref()
                 .and_then(|c| c.ready)
                 .unwrap_or(true);
-            index
+            let entries = index
                 .by_pod
                 .entry((ns.to_string(), pod.clone()))
-                .or_default()
-                .insert(name.to_string(), (service.clone(), ready));
+                .or_default();
+            // A pod twice in one slice counts as the slice's last word on it.
+            entries.retain(|e| e.slice != name);
+            entries.push(Listed {
+                slice: name.to_string(),
+                service: service.clone(),
+                ready,
+            });
             pods.push(pod);
         }
         index.by_slice.insert(slice_key, pods);
@@ -99,7 +114,7 @@ impl SliceIndex {
             return Listing::Unlisted;
         };
         let mut listing = Listing::Unlisted;
-        for (service, ready) in entries.values() {
+        for Listed { service, ready, .. } in entries {
             let publishes_all = services
                 .get(&ObjectRef::new(service).within(ns))
                 .and_then(|s| s.spec.as_ref()?.publish_not_ready_addresses)

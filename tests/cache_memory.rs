@@ -1,0 +1,205 @@
+//! What the operator's caches hold per pod and per service, counted in heap bytes by an
+//! allocator that keeps the count: the operator's memory at 10,000 pods is mostly these
+//! caches, and a field kept by mistake shows here as bytes, at once, rather than in a
+//! benchmark hours later. No cluster: the objects are decoded from JSON as the API server
+//! sends it, through the same trims and indexes as the watches.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+use perennial::api::ResilientService;
+use perennial::observe::{controller_uid, index_event, pod_node, CachedPod, OwnerIndex};
+use serde_json::{json, Value};
+
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a count is kept.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// Heap bytes live now. The tests of this file run one at a time (a lock), so that one
+/// test's allocations are not counted in another's.
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A Running, Ready pod of a ten-replica service as the API server sends it once a kubelet
+/// and the operator have written its status: the benchmark's pods, with a few user labels.
+fn pod(i: usize) -> Value {
+    let at = "2026-12-05T10:00:00Z";
+    let service = format!("s{:04}", i / 10);
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("{service}-{}-7c9f5b6d8f", i % 10), "namespace": "bench-scale-abcde",
+            "uid": format!("0b8f0c6e-2a39-4a8e-9a5e-{i:012}"), "resourceVersion": format!("{}", 100_000 + i),
+            "creationTimestamp": at,
+            "labels": {"app": service, "tier": "web", "perennial.dev/service": service,
+                "perennial.dev/slot": format!("{}", i % 10), "perennial.dev/revision": format!("{service}-7c9f5b6d8f")},
+            "annotations": {"perennial.dev/template-hash": "7c9f5b6d8f", "note": "x".repeat(200)},
+            "ownerReferences": [{"apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+                "name": service, "uid": format!("5d7d0f8e-3b1b-4e0e-8f4a-{:012}", i / 10),
+                "controller": true, "blockOwnerDeletion": true}],
+            "managedFields": [{"manager": "perennial", "operation": "Update", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}}}]
+        },
+        "spec": {
+            "nodeName": format!("bench-scale-{:03}", i % 100), "hostname": format!("{service}-{}", i % 10),
+            "readinessGates": [{"conditionType": "perennial.dev/serving"}],
+            "containers": [{"name": "app", "image": "example/app:1", "resources": {},
+                "env": [{"name": "MODE", "value": "serve"}]}],
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]
+        },
+        "status": {
+            "phase": "Running", "hostIP": "10.0.0.1", "podIP": "10.0.0.2", "startTime": at,
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": at, "lastProbeTime": null},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": at, "lastProbeTime": null},
+                {"type": "Ready", "status": "True", "lastTransitionTime": at, "lastProbeTime": null},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": at, "lastProbeTime": null},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": at, "lastProbeTime": null},
+                {"type": "perennial.dev/serving", "status": "True", "reason": "Serving",
+                    "message": "opened by the operator", "lastTransitionTime": at}
+            ],
+            "containerStatuses": [{"name": "app", "image": "example/app:1", "imageID": "sha256:abc",
+                "containerID": "containerd://abc", "ready": true, "restartCount": 0, "started": true,
+                "state": {"running": {"startedAt": at}}}]
+        }
+    })
+}
+
+/// A ten-replica service after its first rollout, with the managed fields the API server
+/// keeps of its status writes and a client-side `kubectl apply`'s copy of its spec.
+fn service(i: usize) -> Value {
+    let at = "2026-12-05T10:00:00Z";
+    let name = format!("s{i:04}");
+    let slots: Vec<Value> = (0..10)
+        .map(|o| {
+            json!({"ordinal": o, "pod": format!("{name}-{o}-7c9f5b6d8f"), "node": "bench-scale-001",
+            "state": "Ready", "restartsInWindow": 0})
+        })
+        .collect();
+    let managed_slots: serde_json::Map<String, Value> = (0..10)
+        .map(|o| {
+            (
+                format!("k:{{\"ordinal\":{o}}}"),
+                json!({".": {}, "f:node": {}, "f:ordinal": {}, "f:pod": {}, "f:state": {}, "f:restartsInWindow": {}}),
+            )
+        })
+        .collect();
+    let spec = json!({"replicas": 10, "template": {"metadata": {"labels": {"app": name}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}}});
+    json!({
+        "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+        "metadata": {"name": name, "namespace": "bench-scale-abcde", "uid": format!("5d7d0f8e-3b1b-4e0e-8f4a-{i:012}"),
+            "resourceVersion": "123456", "generation": 1, "creationTimestamp": at,
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": spec.to_string()},
+            "managedFields": [
+                {"manager": "kubectl-client-side-apply", "operation": "Update", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {}}}}}},
+                {"manager": "perennial", "operation": "Apply", "subresource": "status", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:status": {"f:replicas": {}, "f:readyReplicas": {}, "f:availableReplicas": {},
+                        "f:conditions": {"k:{\"type\":\"Available\"}": {".": {}, "f:status": {}, "f:reason": {}}},
+                        "f:replicaStatuses": managed_slots}}}
+            ]},
+        "spec": spec,
+        "status": {"observedGeneration": 1, "replicas": 10, "readyReplicas": 10, "availableReplicas": 10,
+            "updatedReplicas": 10, "currentRevision": format!("{name}-7c9f5b6d8f"),
+            "updateRevision": format!("{name}-7c9f5b6d8f"), "selector": format!("perennial.dev/service={name}"),
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                "message": "10 of 10 replicas available", "lastTransitionTime": at}],
+            "replicaStatuses": slots}
+    })
+}
+
+const PODS: usize = 2_000;
+
+#[test]
+fn a_cached_pod_with_its_store_and_index_entries_costs_under_3_900_bytes_of_heap() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bodies: Vec<Vec<u8>> = (0..PODS)
+        .map(|i| serde_json::to_vec(&pod(i)).unwrap())
+        .collect();
+    let mut writer: Writer<CachedPod> = Writer::default();
+    let store = writer.as_reader();
+    let (by_owner, by_node) = (OwnerIndex::default(), OwnerIndex::default());
+    let before = live();
+    for body in &bodies {
+        // As the watch does: decode, trim, index, store.
+        let mut pod: CachedPod = serde_json::from_slice(body).unwrap();
+        pod.trim();
+        let event = Event::Apply(pod);
+        index_event(&by_owner, &event, controller_uid);
+        index_event(&by_node, &event, pod_node);
+        writer.apply_watcher_event(&event);
+    }
+    let per_pod = (live() - before) / PODS as isize;
+    println!("{per_pod} bytes of heap per cached pod, its store entry and index entries");
+    assert_eq!(store.len(), PODS);
+    assert_eq!(by_owner.len(), PODS);
+    // 4,138 bytes before the cache dropped the conditions nothing reads; 3,752 since.
+    assert!(per_pod < 3_900, "{per_pod} bytes per pod");
+    let pod = store.state().pop().unwrap();
+    assert_eq!(
+        (
+            pod.metadata.annotations.as_ref(),
+            pod.metadata.managed_fields.as_ref()
+        ),
+        (None, None)
+    );
+}
+
+#[test]
+fn a_cached_service_keeps_neither_managed_fields_nor_the_applied_copy_and_costs_under_10_kib() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let services = 200;
+    let bodies: Vec<Vec<u8>> = (0..services)
+        .map(|i| serde_json::to_vec(&service(i)).unwrap())
+        .collect();
+    let mut writer: Writer<ResilientService> = Writer::default();
+    let store = writer.as_reader();
+    let before = live();
+    for body in &bodies {
+        let mut svc: ResilientService = serde_json::from_slice(body).unwrap();
+        perennial::controller::trim_service(&mut svc);
+        writer.apply_watcher_event(&Event::Apply(svc));
+    }
+    let per_service = (live() - before) / services as isize;
+    println!("{per_service} bytes of heap per cached service");
+    assert_eq!(store.len(), services);
+    // 23,510 bytes with its managed fields and the applied copy; 9,588 without.
+    assert!(per_service < 10 * 1024, "{per_service} bytes per service");
+    let svc = store.state().pop().unwrap();
+    assert_eq!(svc.metadata.managed_fields, None);
+    assert!(svc
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .is_empty());
+}
