@@ -1,4 +1,5 @@
-//! The operator upgraded while it works: `helm upgrade` to a new operator image while a
+//! The operator upgraded while it works: `helm upgrade` from the operator built from the
+//! previous commit (the one before the last change of its source) to this build, while a
 //! rolling update and a node-loss repair are both in progress. The chart replaces its pods
 //! one at a time, the lease passes to a pod of the new image, the rollout and the repair
 //! finish as if nothing happened, nothing is created or deleted twice, and every write the
@@ -114,7 +115,7 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
     let work = TestNamespace::new("upgrade-work").await;
     real_nodes(&system.client, 2).await;
     install_crd(&system.client).await;
-    let (release, _) = Release::install(&system.name, &operator_values(&work.name, "dev"));
+    let (release, _) = Release::install(&system.name, &operator_values(&work.name, "previous"));
     let deployments: Api<Deployment> = system.api();
     let rolled_out = |generation: i64| {
         move |d: &Deployment| {
@@ -135,10 +136,15 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
     )
     .await;
     let selector = format!("app.kubernetes.io/instance={RELEASE}");
-    let first: Vec<String> = (pods(&system, &selector).await.iter())
-        .filter(|p| alive(p))
-        .map(|p| p.name_any())
-        .collect();
+    let before = (pods(&system, &selector).await.into_iter())
+        .filter(alive)
+        .collect::<Vec<_>>();
+    let previous = operator_pods_by_image(&before);
+    assert!(
+        previous.values().all(|i| i == OPERATOR_PREVIOUS_IMAGE),
+        "every operator pod runs the previous build first: {previous:?}"
+    );
+    let first: Vec<String> = previous.into_keys().collect();
     let leader = wait_for("a leader among the operator pods", TIMEOUT, || async {
         match holder(&system, LEASE).await {
             Some(h) if first.contains(&h) => Ok(h),
@@ -181,8 +187,8 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
     fault("node-lost", Some(&lost));
 
     // The upgrade, while both are in flight.
-    let (ok, out, err) = release.upgrade(chart(), &operator_values(&work.name, "next"), &[]);
-    assert!(ok, "helm upgrade to the next image: {err}\n{out}");
+    let (ok, out, err) = release.upgrade(chart(), &operator_values(&work.name, "dev"), &[]);
+    assert!(ok, "helm upgrade to this build: {err}\n{out}");
     let in_flight = web.get("web").await.expect("get web");
     assert!(
         complete(&in_flight, 4, &revision).is_err(),
@@ -192,7 +198,7 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
     wait_object(
         &deployments,
         RELEASE,
-        "2 pods of the next image",
+        "2 pods of this build",
         TIMEOUT,
         rolled_out(2),
     )
@@ -202,10 +208,10 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
         .collect::<Vec<_>>();
     let images = operator_pods_by_image(&now);
     assert!(
-        images.values().all(|i| i == OPERATOR_NEXT_IMAGE),
-        "every operator pod runs the next image: {images:?}"
+        images.values().all(|i| i == OPERATOR_IMAGE),
+        "every operator pod runs this build: {images:?}"
     );
-    let new_leader = wait_for("a pod of the next image to lead", TIMEOUT, || async {
+    let new_leader = wait_for("a pod of this build to lead", TIMEOUT, || async {
         match holder(&system, LEASE).await {
             Some(h) if images.contains_key(&h) => Ok(h),
             other => Err(format!("holder {other:?}")),

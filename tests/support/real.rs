@@ -31,11 +31,12 @@ pub const TESTAPP_IMAGE: &str = "localhost/perennial-testapp:dev";
 pub const TESTAPP_V1_IMAGE: &str = "localhost/perennial-testapp:v1";
 pub const TESTAPP_V2_IMAGE: &str = "localhost/perennial-testapp:v2";
 pub const OPERATOR_IMAGE: &str = "localhost/perennial:dev";
-/// The operator's image again under a second name: an upgrade to it replaces every pod.
-pub const OPERATOR_NEXT_IMAGE: &str = "localhost/perennial:next";
+/// The operator built from the commit before the last change of its source: the release
+/// an upgrade to this build replaces.
+pub const OPERATOR_PREVIOUS_IMAGE: &str = "localhost/perennial:previous";
 const IMAGES: [&str; 6] = [
     OPERATOR_IMAGE,
-    OPERATOR_NEXT_IMAGE,
+    OPERATOR_PREVIOUS_IMAGE,
     TESTAPP_IMAGE,
     TESTAPP_V1_IMAGE,
     TESTAPP_V2_IMAGE,
