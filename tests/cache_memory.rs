@@ -186,7 +186,7 @@ fn a_cached_service_keeps_neither_managed_fields_nor_the_applied_copy_and_costs_
     let before = live();
     for body in &bodies {
         let mut svc: ResilientService = serde_json::from_slice(body).unwrap();
-        perennial::controller::trim_service(&mut svc);
+        perennial::observe::trim_service(&mut svc);
         writer.apply_watcher_event(&Event::Apply(svc));
     }
     let per_service = (live() - before) / services as isize;

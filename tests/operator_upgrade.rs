@@ -95,8 +95,15 @@ fn pods_ever_on(ns: &TestNamespace, node: &str) -> Arc<Mutex<BTreeSet<String>>> 
     seen
 }
 
-fn operator_pods_by_image(pods: &[k8s_openapi::api::core::v1::Pod]) -> BTreeMap<String, String> {
-    (pods.iter())
+/// The live operator pods of the release by name, each of which must run `image`.
+async fn operator_pods_running(
+    system: &TestNamespace,
+    image: &str,
+    what: &str,
+) -> BTreeMap<String, String> {
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let images: BTreeMap<String, String> = (pods(system, &selector).await.iter())
+        .filter(|p| alive(p))
         .map(|p| {
             let image = (p.spec.as_ref())
                 .and_then(|s| s.containers.first())
@@ -104,7 +111,12 @@ fn operator_pods_by_image(pods: &[k8s_openapi::api::core::v1::Pod]) -> BTreeMap<
                 .unwrap_or_default();
             (p.name_any(), image)
         })
-        .collect()
+        .collect();
+    assert!(
+        images.values().all(|i| i == image),
+        "every operator pod runs {what}: {images:?}"
+    );
+    images
 }
 
 #[tokio::test]
@@ -135,16 +147,11 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
         rolled_out(1),
     )
     .await;
-    let selector = format!("app.kubernetes.io/instance={RELEASE}");
-    let before = (pods(&system, &selector).await.into_iter())
-        .filter(alive)
-        .collect::<Vec<_>>();
-    let previous = operator_pods_by_image(&before);
-    assert!(
-        previous.values().all(|i| i == OPERATOR_PREVIOUS_IMAGE),
-        "every operator pod runs the previous build first: {previous:?}"
-    );
-    let first: Vec<String> = previous.into_keys().collect();
+    let first: Vec<String> =
+        operator_pods_running(&system, OPERATOR_PREVIOUS_IMAGE, "the previous build first")
+            .await
+            .into_keys()
+            .collect();
     let leader = wait_for("a leader among the operator pods", TIMEOUT, || async {
         match holder(&system, LEASE).await {
             Some(h) if first.contains(&h) => Ok(h),
@@ -203,14 +210,7 @@ async fn helm_upgrade_during_a_rollout_and_a_node_loss_repair_hands_the_lease_on
         rolled_out(2),
     )
     .await;
-    let now = (pods(&system, &selector).await.into_iter())
-        .filter(alive)
-        .collect::<Vec<_>>();
-    let images = operator_pods_by_image(&now);
-    assert!(
-        images.values().all(|i| i == OPERATOR_IMAGE),
-        "every operator pod runs this build: {images:?}"
-    );
+    let images = operator_pods_running(&system, OPERATOR_IMAGE, "this build").await;
     let new_leader = wait_for("a pod of this build to lead", TIMEOUT, || async {
         match holder(&system, LEASE).await {
             Some(h) if images.contains_key(&h) => Ok(h),
