@@ -162,3 +162,70 @@ fn the_monitor_flags_every_kind_of_breach_once_and_spares_involuntary_faults() {
         ]
     );
 }
+
+#[test]
+fn the_runtime_check_flags_two_pods_running_on_one_claim_and_reads_containerds_words() {
+    let line = |topic: &str, body: &str| {
+        format!("2026-12-06 02:28:42.001732486 +0000 UTC k8s.io {topic} {body}")
+    };
+    let start = line("/tasks/start", r#"{"container_id":"c1","pid":22356}"#);
+    assert!(matches!(task_event(&start), Some(TaskEvent::Start(id)) if id == "c1"));
+    let exit = line(
+        "/tasks/exit",
+        r#"{"container_id":"c1","id":"c1","pid":22356,"exit_status":137}"#,
+    );
+    assert!(matches!(task_event(&exit), Some(TaskEvent::End(id)) if id == "c1"));
+    let exec_exit = line(
+        "/tasks/exit",
+        r#"{"container_id":"c1","id":"probe-exec","pid":9}"#,
+    );
+    assert!(
+        task_event(&exec_exit).is_none(),
+        "an exec's end is not the container's"
+    );
+    let other = r#"2026-12-06 02:28:42.0 +0000 UTC moby /tasks/start {"container_id":"x"}"#;
+    assert!(task_event(other).is_none());
+    assert!(task_event(&line("/snapshot/prepare", r#"{"key":"c1"}"#)).is_none());
+
+    let info = |kind: &str, ns: &str, pod: &str, volume: &str| {
+        json!({
+            "Labels": {
+                "io.cri-containerd.kind": kind, "io.kubernetes.pod.namespace": ns,
+                "io.kubernetes.pod.name": pod, "io.kubernetes.pod.uid": format!("uid-{pod}")
+            },
+            "Spec": {"mounts": [
+                {"destination": "/data", "source": format!("/k/pods/uid-{pod}/volumes/kubernetes.io~local-volume/{volume}")},
+                {"destination": "/var/run/secrets/kubernetes.io/serviceaccount", "source": format!("/k/pods/uid-{pod}/volumes/kubernetes.io~projected/token")}
+            ]}
+        })
+    };
+    let a = running_of(&info("container", "soak", "db-0-a", "n0-pv-1"), "soak").expect("ours");
+    assert_eq!(a.volumes, ["n0-pv-1"]);
+    assert!(running_of(&info("sandbox", "soak", "db-0-a", "n0-pv-1"), "soak").is_none());
+    assert!(running_of(&info("container", "other", "db-0-a", "n0-pv-1"), "soak").is_none());
+    let b = running_of(&info("container", "soak", "db-0-b", "n0-pv-1"), "soak").expect("ours");
+
+    let mut c = Containers::default();
+    c.apply("n0", Runtime::Listed(vec![("a1".into(), a.clone())]));
+    // The same pod's second container on the claim is the same pod.
+    c.apply("n0", Runtime::Started("a2".into(), a.clone()));
+    assert!(c.violations.is_empty());
+    c.apply("n0", Runtime::Started("b1".into(), b.clone()));
+    c.apply("n0", Runtime::Ended("a2".into()));
+    assert_eq!(c.violations.len(), 1, "one episode while it lasts");
+    assert_eq!(c.violations[0].kind, "claim-run-twice");
+    assert!(
+        c.violations[0].details.contains("db-0-a") && c.violations[0].details.contains("db-0-b")
+    );
+    assert!(c.violations[0].until.is_none());
+    c.apply("n0", Runtime::Ended("a1".into()));
+    assert!(
+        c.violations[0].until.is_some(),
+        "the episode ended with the old container"
+    );
+    // A listing replaces what the node had: a container gone while nobody listened is gone.
+    c.apply("n0", Runtime::Listed(vec![("b1".into(), b)]));
+    assert_eq!((c.starts, c.ends, c.listings), (2, 2, 2));
+    assert_eq!(c.most_on_one_claim, 2);
+    assert_eq!(c.violations.len(), 1);
+}

@@ -249,10 +249,10 @@ impl Chaos {
     ) -> Result<String, String> {
         let n = self.images.entry(service.to_string()).or_insert(1);
         *n += 1;
-        let real = self.profiles.iter().any(|p| p.name == service && p.real);
-        let (image, container) = if real {
+        let real = self.profiles.iter().find(|p| p.name == service && p.real);
+        let (image, container) = if let Some(profile) = real {
             let image = [TESTAPP_V1_IMAGE, TESTAPP_V2_IMAGE][(*n as usize + 1) % 2].to_string();
-            let container = real_container(&image);
+            let container = profile.real_container(&image);
             (image, container)
         } else {
             let image = format!("example/{service}:{n}");

@@ -28,6 +28,10 @@
 //!   a deletion removes a pod from the count, which for a lost node means a force-delete
 //!   after fencing: a replacement next to a pod on a lost node that was not yet deleted is
 //!   exactly the split brain a ReadWriteOnce slot must never see;
+//! - a claim's containers: on the real nodes, never two pods' containers running at once
+//!   with one local volume mounted, as each node's containerd reports its tasks starting and
+//!   ending (see containers.rs): the pods cannot show a container a stopped kubelet left
+//!   running after its pod was deleted;
 //! - availability floor: while a voluntary rollout is in flight (from the template change
 //!   until the status reports it complete; a rolled-back or stopped revision stays in
 //!   flight), at least replicas - maxUnavailable slots have a Ready pod (at least one down
@@ -76,6 +80,7 @@
 //! volumes and the namespace are deleted at the end.
 
 mod checks;
+mod containers;
 mod faults;
 mod fleet;
 mod monitor;
@@ -94,6 +99,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use containers::*;
 use faults::*;
 use fleet::*;
 use futures::stream::{self, BoxStream};
@@ -114,8 +120,8 @@ use schedule::*;
 use serde_json::{json, Value};
 use services::*;
 use support::real::{
-    cluster_ip_service_of, on_real_nodes, real_nodes, testapp_container, wait_serving, Traffic,
-    TrafficCount, TESTAPP_V1_IMAGE, TESTAPP_V2_IMAGE,
+    cluster_ip_service_of, node_socket, on_real_nodes, real_nodes, testapp_container, wait_serving,
+    Traffic, TrafficCount, TESTAPP_V1_IMAGE, TESTAPP_V2_IMAGE,
 };
 use support::*;
 use terms::*;
@@ -278,6 +284,13 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         }
     })
     .await;
+    // What the real nodes' runtimes run, followed from before the first pod is made.
+    let containers = Arc::new(Mutex::new(Containers {
+        clock: Clock(origin),
+        verbose: true,
+        ..Containers::default()
+    }));
+    let container_watch = ContainerWatch::start(&real, &ns.name, containers.clone());
     let lease = format!("chaos-leader-{}", unique_suffix());
     let (terms, term_watch) = watch_terms(&client, &ns.name, &lease);
     let fleet = Arc::new(Mutex::new(Fleet::new(&ns.name, &lease, origin)));
@@ -496,6 +509,24 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
     // Verdicts that are not about pods.
     lock(&monitor).judge_rebuilds();
     let mut violations = lock(&monitor).violations.clone();
+    drop(container_watch);
+    let runtime = std::mem::take(&mut *lock(&containers));
+    violations.extend(runtime.violations.iter().cloned());
+    let stateful_real = (chaos.profiles.iter())
+        .filter(|p| p.real && p.spec.get("volumeClaimTemplates").is_some())
+        .count();
+    if runtime.claims_seen.len() < stateful_real {
+        violations.push(Violation {
+            at: 0.0,
+            until: None,
+            kind: "claims-unwatched",
+            subject: "containerd".into(),
+            details: format!(
+                "{} local volumes seen mounted by a running container on the real nodes, {stateful_real} stateful services there: the runtime check watched nothing",
+                runtime.claims_seen.len()
+            ),
+        });
+    }
     let now = origin.elapsed().as_secs_f64();
     term_watch.abort();
     let terms = lock(&terms).clone();
@@ -681,6 +712,14 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         failed.len() - outside_windows.len(),
         windows.len(),
         outside_windows.len()
+    );
+    println!(
+        "containers on the real nodes (containerd's events): {} starts and {} ends of the soak's, read whole {} times; claims mounted by a running container: {:?}, most pods running on one at once: {}",
+        runtime.starts,
+        runtime.ends,
+        runtime.listings,
+        runtime.claims_seen,
+        runtime.most_on_one_claim
     );
     println!(
         "one lease term at a time: {writes_checked} writes in the audit log, each checked against {} states of the lease",

@@ -171,7 +171,7 @@ pub(crate) fn merge(base: &mut Value, extra: Value) {
 pub(crate) fn service(profile: &Profile, group: &str) -> ResilientService {
     let pod = if profile.real {
         let mut pod = on_real_nodes();
-        pod["containers"] = json!([real_container(TESTAPP_V1_IMAGE)]);
+        pod["containers"] = json!([profile.real_container(TESTAPP_V1_IMAGE)]);
         pod["terminationGracePeriodSeconds"] = json!(5);
         pod
     } else {
@@ -204,12 +204,19 @@ pub(crate) fn service(profile: &Profile, group: &str) -> ResilientService {
     .expect("a valid ResilientService")
 }
 
-/// The test application's container of `image`: a template change replaces the container
-/// list whole, so every change carries the probe and the security context again.
-pub(crate) fn real_container(image: &str) -> Value {
-    let mut container = testapp_container(&[]);
-    container["image"] = json!(image);
-    container
+impl Profile {
+    /// The test application's container of `image`: a template change replaces the
+    /// container list whole, so every change carries the probe, the security context and
+    /// the claim's mount again. A stateful service mounts its claim, so that what the node's
+    /// runtime runs shows which containers have it.
+    pub(crate) fn real_container(&self, image: &str) -> Value {
+        let mut container = testapp_container(&[]);
+        container["image"] = json!(image);
+        if self.spec.get("volumeClaimTemplates").is_some() {
+            container["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+        }
+        container
+    }
 }
 
 /// Back to Available with every replica Ready, at the current generation.

@@ -59,10 +59,14 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The admin kubeconfig of the local control plane (`make cluster`).
+/// Absolute, also when PERENNIAL_KUBECONFIG is relative: the cluster's scripts and the
+/// kubelets it starts are handed directories made from it, and a kubelet cannot find the
+/// mount point of a relative one.
 pub fn kubeconfig_path() -> PathBuf {
-    std::env::var_os("PERENNIAL_KUBECONFIG")
+    let path = std::env::var_os("PERENNIAL_KUBECONFIG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("e2e/.cluster/kubeconfig"))
+        .unwrap_or_else(|| repo_root().join("e2e/.cluster/kubeconfig"));
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// A client for the local control plane; fails with a hint when it is not running.

@@ -82,7 +82,8 @@ pub async fn real_nodes(client: &Client, want: usize) -> Vec<String> {
     ready
 }
 
-fn node_socket(node: &str) -> std::path::PathBuf {
+/// The socket of `node`'s containerd, for `ctr --address`.
+pub fn node_socket(node: &str) -> std::path::PathBuf {
     cluster_dir()
         .join("real")
         .join(node)
