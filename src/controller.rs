@@ -28,22 +28,16 @@ use crate::observe::{
     CachedPod, Caches, Heartbeats, OwnerIndex, SliceIndex,
 };
 use crate::own_writes::OwnWrites;
+use crate::status_writes::StatusWrites;
 use crate::{act, health, plan};
 
 /// How often a healthy service is looked at even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a pass that found the caches still filling is tried again.
 const CACHE_SYNC_RETRY: Duration = Duration::from_millis(250);
-/// How soon a pass skipped on a superseded copy is tried again, should the watch event of
-/// the newer copy (which triggers a pass itself) be slow to come.
+/// How soon a pass skipped after a refused status write is tried again, should the watch
+/// event of the newer copy (which triggers a pass itself) be slow to come.
 const STALE_COPY_RETRY: Duration = Duration::from_secs(1);
-/// The least time between two status writes of a service that change only what the world
-/// shows again on the next pass (counts, slot states, messages): while pods start in a
-/// burst, each of their events would otherwise write the status once more. A write that
-/// records something (a condition, the ledger, the rollout) never waits. At 10,000 pods,
-/// 3 s made 3,565 status writes where 1 s made 4,116 (docs/benchmarks.md); each costs
-/// the API server a validation of the whole service, pod template included.
-const STATUS_COALESCE: Duration = Duration::from_secs(3);
 /// How often the counts of repeated Events are written: a repeat shows in
 /// `kubectl describe` within this.
 const EVENT_FLUSH: Duration = Duration::from_secs(30);
@@ -73,13 +67,11 @@ pub struct Context {
     caches: Caches,
     recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<ResilientService>, u32>>,
-    /// Copies of services our own status writes superseded: no pass plans from them.
-    own_writes: OwnWrites<ObjectRef<ResilientService>>,
+    /// The status writes: which copy a pass plans from and writes over, and when.
+    status_writes: Arc<StatusWrites>,
     /// Copies of pods whose gate our patch opened: a pass that reads one takes the gate
     /// as open rather than opening it again.
     gates_opened: OwnWrites<ObjectRef<CachedPod>>,
-    /// When each service's status was last written (see STATUS_COALESCE).
-    status_written: Mutex<HashMap<ObjectRef<ResilientService>, std::time::Instant>>,
     /// Set once every cache has its first full list. A flag, not a second waiter on the
     /// stores: a store's readiness wakes only one waiting task.
     synced: AtomicBool,
@@ -286,14 +278,14 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         controller: "perennial".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let (status_writes, status_retries) = StatusWrites::new(client.clone());
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         caches: caches.clone(),
         failures: Mutex::default(),
-        own_writes: OwnWrites::default(),
+        status_writes,
         gates_opened: OwnWrites::default(),
-        status_written: Mutex::default(),
         synced: AtomicBool::new(false),
         metrics: metrics.clone(),
         health: health.clone(),
@@ -353,6 +345,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let controller = Controller::for_stream(service_triggers, service_store)
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .trigger_backoff(crate::backoff::EachWatchBacksOff)
+        .reconcile_on(status_retries)
         .owns_stream(pod_events)
         .owns_stream(revision_events)
         .owns_stream(budget_events)
@@ -426,10 +419,8 @@ async fn sweep_deleted(
         if let Ok(mut failures) = ctx.failures.lock() {
             failures.retain(|object, _| store.get(object).is_some());
         }
-        ctx.own_writes.retain(|object| store.get(object).is_some());
-        if let Ok(mut written) = ctx.status_written.lock() {
-            written.retain(|object, at| store.get(object).is_some() && at.elapsed() < SWEEP);
-        }
+        ctx.status_writes
+            .retain(|object| store.get(object).is_some());
         let pods = &ctx.caches.pods;
         ctx.gates_opened.retain(|pod| pods.get(pod).is_some());
         // Most sweeps find no drain under way: no scan of every pod then.
@@ -545,25 +536,26 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
     result
 }
 
-async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
+async fn reconcile_pass(
+    cached: &Arc<ResilientService>,
+    ctx: &Arc<Context>,
+) -> Result<Requeue, Error> {
     // Plan nothing from half-filled caches: an empty pod cache would look like lost pods.
     if !ctx.synced.load(Ordering::Acquire) {
         return Ok(Requeue::requeue(CACHE_SYNC_RETRY));
     }
-    let span = tracing::info_span!("reconcile", namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any());
+    let span = tracing::info_span!("reconcile", namespace = %cached.namespace().unwrap_or_default(), name = %cached.name_any());
     let _enter = span.enter();
-    if svc.metadata.deletion_timestamp.is_some() {
+    if cached.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes what the service owns; retained claims stay.
         return Ok(Requeue::await_change());
     }
-    let key = ObjectRef::from(svc.as_ref());
-    if ctx
-        .own_writes
-        .is_stale(&key, svc.metadata.resource_version.as_deref())
-    {
-        tracing::debug!("skipped: the cached copy predates the last status written");
+    let key = ObjectRef::from(cached.as_ref());
+    let Some(svc) = ctx.status_writes.copy_to_plan_from(&key, cached) else {
+        tracing::debug!("skipped: a status write was refused, the newer copy is on its way");
         return Ok(Requeue::requeue(STALE_COPY_RETRY));
-    }
+    };
+    let svc = &svc;
     let mut observed = observe(svc, &ctx.caches);
     let ns = svc.namespace().unwrap_or_default();
     let pod_key = |name: &str| ObjectRef::<CachedPod>::new(name).within(&ns);
@@ -594,25 +586,7 @@ async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Resu
         .iter()
         .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
         .collect();
-    let hold = status_hold(ctx, &key, svc, &plan);
-    let status = act::execute(
-        &ctx.client,
-        &ctx.recorder,
-        svc,
-        &templates,
-        &plan,
-        hold.is_none(),
-    )
-    .await?;
-    if status == act::StatusWrite::Written {
-        if let Ok(mut written) = ctx.status_written.lock() {
-            written.insert(key.clone(), std::time::Instant::now());
-        }
-    }
-    if status != act::StatusWrite::Unchanged {
-        ctx.own_writes
-            .superseded(&key, svc.metadata.resource_version.as_deref());
-    }
+    act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;
     for action in &plan.actions {
         let plan::Action::OpenGate { name } = action else {
             continue;
@@ -622,29 +596,19 @@ async fn reconcile_pass(svc: &Arc<ResilientService>, ctx: &Arc<Context>) -> Resu
                 .superseded(&pod_key(name), pod.metadata.resource_version.as_deref());
         }
     }
+    // The status is compared with the copy it goes over, which a background write may have
+    // changed since the pass planned: the world may be back to what the planned copy shows.
+    let writes = &ctx.status_writes;
+    let hold = writes.hold(&key, svc, &plan);
+    if hold.is_none() {
+        let base = writes.copy_to_write_over(&key, cached, svc).await;
+        writes.write(&key, base, &plan.status).await?;
+    }
     if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&ObjectRef::from(svc.as_ref()));
+        failures.remove(&key);
     }
     let next = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
     Ok(Requeue::requeue(hold.map_or(next, |h| h.min(next))))
-}
-
-/// How long the status write of this pass may wait: only when the pass records nothing new
-/// (no action but opening gates, and the same ledger, conditions and rollout) and the last
-/// write is less than STATUS_COALESCE old. The pass is then asked for again when it is over.
-fn status_hold(
-    ctx: &Context,
-    key: &ObjectRef<ResilientService>,
-    svc: &ResilientService,
-    plan: &plan::Plan,
-) -> Option<Duration> {
-    let old = svc.status.as_ref()?;
-    let quiet = (plan.actions.iter()).all(|a| matches!(a, plan::Action::OpenGate { .. }));
-    if !quiet || *old == plan.status || !old.records_as(&plan.status) {
-        return None;
-    }
-    let last = *ctx.status_written.lock().ok()?.get(key)?;
-    STATUS_COALESCE.checked_sub(last.elapsed())
 }
 
 /// Transient errors are retried with a per-object exponential backoff: never a hot loop.

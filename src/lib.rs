@@ -18,5 +18,6 @@ pub mod observe;
 pub mod own_writes;
 pub mod plan;
 pub mod start;
+pub mod status_writes;
 pub mod telemetry;
 pub mod throttle;

@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ResilientService, ANNOTATION_ABORT, ANNOTATION_BAD_REVISION, ANNOTATION_INVALID_TEMPLATE,
-    FIELD_MANAGER,
+    ResilientService, ResilientServiceStatus, ANNOTATION_ABORT, ANNOTATION_BAD_REVISION,
+    ANNOTATION_INVALID_TEMPLATE, FIELD_MANAGER,
 };
 use crate::build;
 use crate::plan::{Action, Plan};
@@ -85,15 +85,14 @@ pub enum StatusWrite {
     Refused,
 }
 
-/// Executes `plan` for `svc`: every action, then the status if it changed and `write_status_now`.
+/// Executes every action of `plan` for `svc`; its status is written apart ([`write_status`]).
 pub async fn execute(
     client: &Client,
     recorder: &Recorder,
     svc: &ResilientService,
     templates: &Templates,
     plan: &Plan,
-    write_status_now: bool,
-) -> Result<StatusWrite, Error> {
+) -> Result<(), Error> {
     let ns = svc.namespace().unwrap_or_default();
     let ns = ns.as_str();
     // The pass's events, by the index of their action in the plan: published together,
@@ -130,11 +129,7 @@ pub async fn execute(
     events.sort_by_key(|(i, _)| *i);
     let events = events.into_iter().map(|(_, e)| e).collect();
     recorder.publish_pass(&svc.object_ref(&()), events).await;
-    done?;
-    if !write_status_now || svc.status.as_ref() == Some(&plan.status) {
-        return Ok(StatusWrite::Unchanged);
-    }
-    write_status(client, ns, svc, plan).await
+    done
 }
 
 /// What a pod needs exists first; deletions come last.
@@ -416,20 +411,22 @@ where
     }
 }
 
-async fn write_status(
+/// Writes `status` over `svc`'s, conditional on the version of `svc`; returns what became
+/// of it and, when written, the service as the server holds it now.
+pub async fn write_status(
     client: &Client,
-    ns: &str,
     svc: &ResilientService,
-    plan: &Plan,
-) -> Result<StatusWrite, Error> {
-    let api: Api<ResilientService> = Api::namespaced(client.clone(), ns);
+    status: &ResilientServiceStatus,
+) -> Result<(StatusWrite, Option<ResilientService>), Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let api: Api<ResilientService> = Api::namespaced(client.clone(), &ns);
     // The resource version makes the write conditional: the status carries the failure
     // ledger, and a pass planned from an older copy must not overwrite a newer ledger.
     let body = serde_json::json!({
         "apiVersion": ResilientService::api_version(&()),
         "kind": ResilientService::kind(&()),
         "metadata": {"resourceVersion": svc.metadata.resource_version},
-        "status": plan.status,
+        "status": status,
     });
     let written = api
         .patch_status(
@@ -442,16 +439,16 @@ async fn write_status(
         // A write the server found to change nothing keeps the version: no watch event
         // follows, and the copy the pass planned from is still the newest.
         Ok(written) if written.metadata.resource_version == svc.metadata.resource_version => {
-            Ok(StatusWrite::Unchanged)
+            Ok((StatusWrite::Unchanged, None))
         }
-        Ok(_) => {
+        Ok(written) => {
             wrote(|| format!("status of {}", svc.name_any()));
-            Ok(StatusWrite::Written)
+            Ok((StatusWrite::Written, Some(written)))
         }
         // The newer copy is on its way through the watch and gets a pass of its own.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
-            Ok(StatusWrite::Refused)
+            Ok((StatusWrite::Refused, None))
         }
         Err(source) => Err(Error::Api {
             what: format!("write the status of {}", svc.name_any()),
