@@ -7,6 +7,7 @@
 mod support;
 
 mod failover;
+mod reaction;
 mod rolling_update;
 mod scale;
 mod zero_downtime;
@@ -248,26 +249,39 @@ async fn bench_pod_deleted_to_replacement() {
     let n = trials();
     let mut rows = Vec::new();
     for kind in [Kind::Perennial, Kind::Deployment, Kind::StatefulSet] {
+        let from = scale::audit_len();
         let (mut created, mut ready) = pod_reaction(&ns, kind, n).await;
+        let mut server = reaction::server_reactions(&ns.name, from, scale::audit_len());
         created.sort();
         ready.sort();
+        server.sort();
         rows.push(json!({
             "controller": kind.label(), "trials": n,
             "created_p50_ms": ms(percentile(&created, 0.5)), "created_p99_ms": ms(percentile(&created, 0.99)),
+            "server_trials": server.len(),
+            "server_p50_ms": ms(percentile(&server, 0.5)), "server_p99_ms": ms(percentile(&server, 0.99)),
             "ready_p50_ms": ms(percentile(&ready, 0.5)), "ready_p99_ms": ms(percentile(&ready, 0.99)),
         }));
     }
-    println!("\nPod deleted -> replacement seen / Ready ({n} trials each)");
+    println!("\nPod deleted -> replacement seen / Ready ({n} trials each); on the server: the deletion answered -> the create received (audit log)");
     println!(
-        "{:<12} {:>14} {:>14} {:>12} {:>12}",
-        "controller", "created p50", "created p99", "ready p50", "ready p99"
+        "{:<12} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}",
+        "controller",
+        "created p50",
+        "created p99",
+        "server p50",
+        "server p99",
+        "ready p50",
+        "ready p99"
     );
     for r in &rows {
         println!(
-            "{:<12} {:>12}ms {:>12}ms {:>10}ms {:>10}ms",
+            "{:<12} {:>12}ms {:>12}ms {:>10}ms {:>10}ms {:>10}ms {:>10}ms",
             r["controller"].as_str().unwrap(),
             r["created_p50_ms"],
             r["created_p99_ms"],
+            r["server_p50_ms"],
+            r["server_p99_ms"],
             r["ready_p50_ms"],
             r["ready_p99_ms"]
         );

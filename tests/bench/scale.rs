@@ -54,11 +54,11 @@ fn process_figures(pid: u32) -> (f64, f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0, cpu)
 }
 
-fn audit_len() -> u64 {
+pub(crate) fn audit_len() -> u64 {
     std::fs::metadata(audit_log()).map(|m| m.len()).unwrap_or(0)
 }
 
-fn audit_log() -> std::path::PathBuf {
+pub(crate) fn audit_log() -> std::path::PathBuf {
     kubeconfig_path()
         .parent()
         .expect("the cluster directory")

@@ -4,7 +4,7 @@
 //! (IDENTITY)`), and IDENTITY is what it writes into the Lease as its holder.
 
 use super::*;
-pub(crate) use crate::support::terms::{holder_at, watch_terms, Term};
+pub(crate) use crate::support::terms::{all_terms, holder_at, term_written, watch_terms, Term};
 
 /// The identity an operator's User-Agent names: `perennial/0.1.0 (host-1234)` → host-1234.
 pub(crate) fn identity_of(user_agent: &str) -> Option<&str> {
@@ -109,5 +109,40 @@ mod tests {
         );
         assert_eq!(identity_of("kubectl/v1.36.3 (linux/amd64)"), None);
         assert_eq!(identity_of("perennial/0.1.0"), None);
+    }
+
+    #[test]
+    fn a_term_the_watch_missed_is_read_from_the_body_of_the_accepted_lease_write() {
+        let write = |code: u64, holder: &str| {
+            json!({
+                "stage": "ResponseComplete", "verb": "update",
+                "objectRef": {"resource": "leases", "namespace": "soak", "name": "leader"},
+                "responseStatus": {"code": code},
+                "requestObject": {"spec": {
+                    "holderIdentity": holder,
+                    "acquireTime": "2026-01-01T00:00:35.084000Z",
+                    "renewTime": "2026-01-01T00:00:43.127000Z"
+                }}
+            })
+        };
+        assert_eq!(
+            term_written(&write(200, "vm-13031")),
+            Some(Term {
+                since: at("2026-01-01T00:00:35.084Z"),
+                holder: Some("vm-13031".into())
+            })
+        );
+        assert_eq!(term_written(&write(409, "vm-13031")), None, "refused");
+        assert_eq!(
+            term_written(&write(200, "")),
+            Some(Term {
+                since: at("2026-01-01T00:00:43.127Z"),
+                holder: None
+            }),
+            "a release holds from its renewal"
+        );
+        let mut metadata_only = write(200, "vm-13031");
+        metadata_only["requestObject"] = Value::Null;
+        assert_eq!(term_written(&metadata_only), None);
     }
 }

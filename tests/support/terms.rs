@@ -1,5 +1,7 @@
-//! The leader Lease's terms as a watch sees them: who held it from when. The tests that
-//! check "one lease term at a time" hold every write the audit log shows against these.
+//! The leader Lease's terms: who held it from when, as a watch sees them and as the audit
+//! log's record of each accepted write of the Lease shows them. The tests that check "one
+//! lease term at a time" hold every write the audit log shows against these. A watch alone
+//! misses a term that began and ended while it reconnected after an API server restart.
 
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +53,48 @@ pub fn watch_terms(
         }
     });
     (terms, task)
+}
+
+/// The Lease's state that an accepted write of it made, from the body the audit log keeps of
+/// writes of leader Leases (e2e/cluster/manifests/audit-policy.yaml).
+pub fn term_written(entry: &serde_json::Value) -> Option<Term> {
+    let accepted = matches!(entry["responseStatus"]["code"].as_u64(), Some(200 | 201));
+    let write = ["create", "update", "patch"].contains(&entry["verb"].as_str()?);
+    if !accepted || !write || entry["stage"] != "ResponseComplete" {
+        return None;
+    }
+    let spec = &entry["requestObject"]["spec"];
+    let holder = (spec["holderIdentity"].as_str())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string);
+    let since = match holder {
+        Some(_) => spec["acquireTime"].as_str()?,
+        None => spec["renewTime"].as_str()?,
+    };
+    Some(Term {
+        since: since.parse().ok()?,
+        holder,
+    })
+}
+
+/// Every state the Lease `lease` in `namespace` was written into, from the audit log.
+pub fn written_terms(namespace: &str, lease: &str) -> Vec<Term> {
+    super::audit::audit_entries(&[lease, namespace, "\"leases\""])
+        .iter()
+        .filter(|e| e["objectRef"]["namespace"] == namespace && e["objectRef"]["name"] == lease)
+        .filter_map(term_written)
+        .collect()
+}
+
+/// The terms a watch saw and those the audit log shows, each once.
+pub fn all_terms(watched: &[Term], namespace: &str, lease: &str) -> Vec<Term> {
+    let mut all = watched.to_vec();
+    for term in written_terms(namespace, lease) {
+        if !all.contains(&term) {
+            all.push(term);
+        }
+    }
+    all
 }
 
 /// The holder of the lease at `at`: that of the last state that began before it.
