@@ -275,15 +275,16 @@ async fn bench_pod_deleted_to_replacement() {
         "ready p99"
     );
     for r in &rows {
+        let f = |k: &str| format!("{:.1}ms", r[k].as_f64().unwrap_or_default());
         println!(
-            "{:<12} {:>12}ms {:>12}ms {:>10}ms {:>10}ms {:>10}ms {:>10}ms",
-            r["controller"].as_str().unwrap(),
-            r["created_p50_ms"],
-            r["created_p99_ms"],
-            r["server_p50_ms"],
-            r["server_p99_ms"],
-            r["ready_p50_ms"],
-            r["ready_p99_ms"]
+            "{:<12} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}",
+            r["controller"].as_str().unwrap_or_default(),
+            f("created_p50_ms"),
+            f("created_p99_ms"),
+            f("server_p50_ms"),
+            f("server_p99_ms"),
+            f("ready_p50_ms"),
+            f("ready_p99_ms")
         );
     }
     write_results("pod_reaction", json!(rows));

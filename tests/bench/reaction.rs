@@ -14,12 +14,17 @@ const CONTROLLERS: [&str; 3] = [
     "system:serviceaccount:kube-system:statefulset-controller",
 ];
 
+/// What deletes a pod once it has stopped: KWOK for its nodes, a kubelet for a real node.
+fn node_agent(user: &str) -> bool {
+    user == "kwok" || user.starts_with("system:node:")
+}
+
 fn at(e: &serde_json::Value, field: &str) -> Option<jiff::Timestamp> {
     e[field].as_str()?.parse().ok()
 }
 
-/// For each pod deleted in `ns` by anyone but a controller between two offsets of the
-/// audit log, the time from its answer to the arrival of the next pod create in `ns` by a
+/// For each pod deleted in `ns` by anyone but a controller or a node between two offsets of
+/// the audit log, the time from its answer to the arrival of the next pod create in `ns` by a
 /// controller. A deletion no create followed is left out.
 pub(crate) fn server_reactions(ns: &str, from: u64, to: u64) -> Vec<Duration> {
     let bytes = std::fs::read(audit_log()).unwrap_or_default();
@@ -27,7 +32,6 @@ pub(crate) fn server_reactions(ns: &str, from: u64, to: u64) -> Vec<Duration> {
     let text = String::from_utf8_lossy(bytes.get(from.min(to)..to).unwrap_or_default());
     let mut deletions = Vec::new();
     let mut creates = Vec::new();
-    let mut deleted = std::collections::BTreeSet::new();
     for e in text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -42,13 +46,9 @@ pub(crate) fn server_reactions(ns: &str, from: u64, to: u64) -> Vec<Duration> {
         let user = e["user"]["username"].as_str().unwrap_or_default();
         let by_controller = CONTROLLERS.contains(&user);
         match e["verb"].as_str() {
-            // The first deletion of a pod is the trial's; a later one (the node's, once the
-            // pod has stopped) answers nothing.
-            Some("delete") if !by_controller => {
-                let name = e["objectRef"]["name"].as_str().unwrap_or_default();
-                if deleted.insert(name.to_string()) {
-                    deletions.extend(at(&e, "stageTimestamp"));
-                }
+            // The trial's deletion; the node's own, once the pod has stopped, answers nothing.
+            Some("delete") if !by_controller && !node_agent(user) => {
+                deletions.extend(at(&e, "stageTimestamp"))
             }
             Some("create") if by_controller => creates.extend(at(&e, "requestReceivedTimestamp")),
             _ => {}
