@@ -200,3 +200,93 @@ impl StatusWrites {
         guard(&self.failures).retain(|k, _| keep(k));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn service(status: ResilientServiceStatus) -> ResilientService {
+        let mut svc: ResilientService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "x"}]}}},
+        }))
+        .expect("a valid service");
+        svc.status = Some(status);
+        svc
+    }
+
+    fn plan(status: ResilientServiceStatus, actions: Vec<plan::Action>) -> plan::Plan {
+        plan::Plan {
+            actions,
+            status,
+            requeue_after: None,
+        }
+    }
+
+    /// No request is made: the client is only held.
+    fn writes() -> Arc<StatusWrites> {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        StatusWrites::new(Client::try_from(config).expect("a client")).0
+    }
+
+    #[tokio::test]
+    async fn only_a_quiet_pass_that_changes_counts_soon_after_a_write_holds_its_status() {
+        let writes = writes();
+        let old = ResilientServiceStatus {
+            ready_replicas: 2,
+            conditions: vec![serde_json::from_value::<Condition>(serde_json::json!({
+                "type": "Available", "status": "True", "reason": "Ready", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }))
+            .expect("a valid condition")],
+            ..Default::default()
+        };
+        let svc = service(old.clone());
+        let key = ObjectRef::from(&svc);
+        let counts = ResilientServiceStatus {
+            ready_replicas: 3,
+            ..old.clone()
+        };
+        assert_eq!(
+            writes.hold(&key, &svc, &plan(counts.clone(), vec![])),
+            None,
+            "no write yet to coalesce with"
+        );
+        guard(&writes.written_at).insert(key.clone(), Instant::now());
+        let held = writes.hold(&key, &svc, &plan(counts.clone(), vec![]));
+        assert!(held.is_some_and(|h| h <= STATUS_COALESCE), "{held:?}");
+        let gate = plan::Action::OpenGate { name: "p".into() };
+        assert!(writes
+            .hold(&key, &svc, &plan(counts.clone(), vec![gate]))
+            .is_some());
+
+        let recorded = ResilientServiceStatus {
+            reason: Some("Degraded".into()),
+            ..counts.clone()
+        };
+        assert_eq!(writes.hold(&key, &svc, &plan(recorded, vec![])), None);
+        let act = plan::Action::DeletePod {
+            name: "p".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(writes.hold(&key, &svc, &plan(counts, vec![act])), None);
+        assert_eq!(
+            writes.hold(&key, &svc, &plan(old, vec![])),
+            None,
+            "nothing to write"
+        );
+
+        guard(&writes.written_at).insert(key.clone(), Instant::now() - STATUS_COALESCE);
+        let later = ResilientServiceStatus {
+            ready_replicas: 1,
+            ..svc.status.clone().unwrap_or_default()
+        };
+        assert_eq!(
+            writes.hold(&key, &svc, &plan(later, vec![])),
+            None,
+            "long enough ago"
+        );
+    }
+}
