@@ -97,41 +97,29 @@ impl Containers {
             }
         }
         let now = self.clock.0.elapsed().as_secs_f64();
-        let mut found = BTreeMap::new();
+        let mut found = Found::new();
         for (volume, pods) in &pods_on {
             self.claims_seen.insert(volume.to_string());
             self.most_on_one_claim = self.most_on_one_claim.max(pods.len());
             if pods.len() > 1 {
                 let details = pods.values().flatten().cloned().collect::<Vec<_>>();
-                found.insert(volume.to_string(), details.join(", "));
+                let details = format!(
+                    "two pods' containers running with it mounted: {}",
+                    details.join(", ")
+                );
+                found.insert(
+                    volume.to_string(),
+                    ("claim-run-twice", volume.to_string(), details),
+                );
             }
         }
-        let closed: Vec<String> = (self.open.keys())
-            .filter(|k| !found.contains_key(*k))
-            .cloned()
-            .collect();
-        for volume in closed {
-            if let Some(i) = self.open.remove(&volume) {
-                self.violations[i].until = Some(now);
-            }
-        }
-        for (volume, details) in found {
-            if self.open.contains_key(&volume) {
-                continue;
-            }
-            let details = format!("two pods' containers running with it mounted: {details}");
-            if self.verbose {
-                println!("[{now:7.1}s] VIOLATION claim-run-twice {volume}: {details}");
-            }
-            self.violations.push(Violation {
-                at: now,
-                until: None,
-                kind: "claim-run-twice",
-                subject: volume.clone(),
-                details,
-            });
-            self.open.insert(volume, self.violations.len() - 1);
-        }
+        settle_episodes(
+            &mut self.open,
+            &mut self.violations,
+            found,
+            now,
+            self.verbose,
+        );
     }
 }
 

@@ -90,6 +90,43 @@ impl<K: Clone> Listed<K> {
     }
 }
 
+/// Breaches by key, as (kind, subject, details), found in one look.
+pub(crate) type Found = BTreeMap<String, (&'static str, String, String)>;
+
+/// Ends the episodes of `open` that `found` no longer has, and opens one violation for each
+/// breach in `found` not already open: a breach that lasts is one violation.
+pub(crate) fn settle_episodes(
+    open: &mut BTreeMap<String, usize>,
+    violations: &mut Vec<Violation>,
+    found: Found,
+    now: f64,
+    verbose: bool,
+) {
+    open.retain(|key, i| {
+        let goes_on = found.contains_key(key);
+        if !goes_on {
+            violations[*i].until = Some(now);
+        }
+        goes_on
+    });
+    for (key, (kind, subject, details)) in found {
+        if open.contains_key(&key) {
+            continue;
+        }
+        if verbose {
+            println!("[{now:7.1}s] VIOLATION {kind} {subject}: {details}");
+        }
+        violations.push(Violation {
+            at: now,
+            until: None,
+            kind,
+            subject,
+            details,
+        });
+        open.insert(key, violations.len() - 1);
+    }
+}
+
 pub(crate) struct Clock(pub(crate) Instant);
 
 impl Default for Clock {
@@ -345,7 +382,7 @@ impl Monitor {
             return;
         }
         let now = self.t();
-        let mut found: BTreeMap<String, (&'static str, String, String)> = BTreeMap::new();
+        let mut found = Found::new();
         for (name, svc) in &self.services.now {
             let shape = Shape::of(svc);
             let pods: Vec<&Pod> = self
@@ -462,33 +499,13 @@ impl Monitor {
                 );
             }
         }
-        let closed: Vec<String> = self
-            .open
-            .keys()
-            .filter(|k| !found.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in closed {
-            if let Some(i) = self.open.remove(&key) {
-                self.violations[i].until = Some(now);
-            }
-        }
-        for (key, (kind, subject, details)) in found {
-            if self.open.contains_key(&key) {
-                continue;
-            }
-            if self.verbose {
-                println!("[{now:7.1}s] VIOLATION {kind} {subject}: {details}");
-            }
-            self.violations.push(Violation {
-                at: now,
-                until: None,
-                kind,
-                subject,
-                details,
-            });
-            self.open.insert(key, self.violations.len() - 1);
-        }
+        settle_episodes(
+            &mut self.open,
+            &mut self.violations,
+            found,
+            now,
+            self.verbose,
+        );
     }
 
     /// An involuntary fault is about to hit `service` (its pod `victim`, when one is
