@@ -152,6 +152,9 @@ real_node_ip() { printf '10.213.0.%s\n' "$((11 + $1))"; }
 real_node_bridge() { printf 'pnbr%s\n' "$1"; }
 real_node_pod_cidr() { printf '10.214.%s.0/24\n' "$1"; }
 real_node_gateway() { printf '10.214.%s.1\n' "$1"; }
+# A fixed, locally administered address: a bridge without one takes the lowest address of its
+# ports, so a pod's veth coming or going would change the gateway's address under the others.
+real_node_bridge_mac() { printf '02:70:6e:62:72:%02x\n' "$1"; }
 real_node_kubelet_port() { printf '%s\n' "$((21250 + 10 * $1))"; }
 real_node_healthz_port() { printf '%s\n' "$((21251 + 10 * $1))"; }
 real_node_dir() { printf '%s/%s\n' "$REAL_DIR" "$(real_node_name "$1")"; }
