@@ -597,11 +597,12 @@ async fn reconcile_pass(
         }
     }
     // The status is compared with the copy it goes over, which a background write may have
-    // changed since the pass planned: the world may be back to what the planned copy shows.
+    // changed since the pass planned, or not written: the planned copy may show a status
+    // still on its way, and the world may be back to what an older copy shows.
     let writes = &ctx.status_writes;
     let hold = writes.hold(&key, svc, &plan);
     if hold.is_none() {
-        let base = writes.copy_to_write_over(&key, cached, svc).await;
+        let base = writes.copy_to_write_over(&key, cached).await;
         writes.write(&key, base, &plan.status).await?;
     }
     if let Ok(mut failures) = ctx.failures.lock() {

@@ -3,10 +3,13 @@
 //!
 //! A pass of a service runs only once the previous one is over, and a status write costs
 //! the API server a validation of the whole service (9 ms at the median here). A write that
-//! changes only counts, slot states and messages carries nothing the planner reads, so it
-//! goes on in the background and the pass ends: a pod deleted meanwhile gets its replacement
-//! from the next pass at once, planned from the copy the write started from, whose records
-//! are the same. The next status write waits for it, then goes over the copy it returned.
+//! carries no decision a later pass reads back (counts, slot states, messages, the Available
+//! and Degraded conditions: see `decides_as`) goes on in the background and the pass ends:
+//! a pod deleted meanwhile gets its replacement from the next pass at once, planned from the
+//! copy the write started from with the status being written in place. The next status
+//! write waits for it, then goes over the copy it returned. A write that records a decision
+//! (the ledger, the rollout, a revision) is done before its pass ends, so that no pass acts
+//! on a decision the API server has not kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +28,8 @@ use crate::own_writes::{Freshness, OwnWrites};
 use crate::plan;
 
 type Key = ObjectRef<ResilientService>;
+/// The version a background write goes over, and that copy with its status in place.
+type Pending = (Option<String>, Arc<ResilientService>);
 
 /// The least time between two status writes of a service that change only what the world
 /// shows again on the next pass (counts, slot states, messages): while pods start in a
@@ -42,6 +47,9 @@ pub struct StatusWrites {
     written_at: Mutex<HashMap<Key, Instant>>,
     /// The background write of each service, while it runs.
     in_flight: Mutex<HashMap<Key, JoinHandle<()>>>,
+    /// While a background write runs: the version it goes over, and that copy with the
+    /// status being written in place, which the next pass plans from.
+    pending: Mutex<HashMap<Key, Pending>>,
     /// Background writes that failed in a row, per service: the retry backs off.
     failures: Mutex<HashMap<Key, u32>>,
     /// Asks for a pass of a service whose background write failed: nothing else may.
@@ -61,6 +69,7 @@ impl StatusWrites {
             own: OwnWrites::default(),
             written_at: Mutex::default(),
             in_flight: Mutex::default(),
+            pending: Mutex::default(),
             failures: Mutex::default(),
             retry,
         };
@@ -68,13 +77,27 @@ impl StatusWrites {
     }
 
     /// The copy a pass plans from: the cached one, or the one our last write returned when
-    /// that write superseded the cached one. None when a write of ours was refused because
-    /// the service changed: the pass waits for the newer copy's watch event.
+    /// that write superseded the cached one; while a background write goes over that copy,
+    /// the copy with the status being written in place. None when a write of ours was
+    /// refused because the service changed: the pass waits for the newer copy's watch event.
     pub fn copy_to_plan_from(
         &self,
         key: &Key,
         cached: &Arc<ResilientService>,
     ) -> Option<Arc<ResilientService>> {
+        let newest = self.newest(key, cached)?;
+        match guard(&self.pending).get(key) {
+            // Someone else's change since the write began: the write will be refused.
+            Some((version, written)) if *version == newest.metadata.resource_version => {
+                Some(written.clone())
+            }
+            _ => Some(newest),
+        }
+    }
+
+    /// The newest copy the API server has: the cached one, or the one our last write
+    /// returned when it superseded the cached one. None after a refused write.
+    fn newest(&self, key: &Key, cached: &Arc<ResilientService>) -> Option<Arc<ResilientService>> {
         match self
             .own
             .freshness(key, cached.metadata.resource_version.as_deref())
@@ -85,25 +108,21 @@ impl StatusWrites {
     }
 
     /// The copy a status write goes over, once the service's background write is done:
-    /// the copy that write returned when it superseded the one the pass planned from.
+    /// the newest the API server has. After a refused write, the cached copy, whose write
+    /// is refused in turn; never the copy a pass planned from with a status not yet written,
+    /// which would take that status for written.
     pub async fn copy_to_write_over(
         &self,
         key: &Key,
         cached: &Arc<ResilientService>,
-        planned: &Arc<ResilientService>,
     ) -> Arc<ResilientService> {
         let running = guard(&self.in_flight).remove(key);
         if let Some(running) = running {
             // A panic in it is logged by the runtime; the copy below stays right.
             let _ = running.await;
         }
-        match self
-            .own
-            .freshness(key, cached.metadata.resource_version.as_deref())
-        {
-            Freshness::Superseded(Some(copy)) => copy,
-            _ => planned.clone(),
-        }
+        guard(&self.pending).remove(key);
+        self.newest(key, cached).unwrap_or_else(|| cached.clone())
     }
 
     /// How long the status write of this pass may wait: only when the pass records nothing
@@ -120,9 +139,9 @@ impl StatusWrites {
         STATUS_COALESCE.checked_sub(last.elapsed())
     }
 
-    /// Writes `status` over `base` unless it has it. A write of counts alone goes on in the
-    /// background; one that records something is done before the pass ends, and its error
-    /// is the pass's.
+    /// Writes `status` over `base` unless it has it. A write that carries no new decision
+    /// goes on in the background; one that records a decision is done before the pass ends,
+    /// and its error is the pass's.
     pub async fn write(
         self: &Arc<Self>,
         key: &Key,
@@ -135,12 +154,20 @@ impl StatusWrites {
         if old == status {
             return Ok(());
         }
-        if !old.records_as(status) {
+        if !old.decides_as(status) {
             return self.write_now(key, &base, status).await;
         }
+        let mut written = (*base).clone();
+        written.status = Some(status.clone());
+        let version = base.metadata.resource_version.clone();
+        guard(&self.pending).insert(key.clone(), (version, Arc::new(written)));
         let (writes, key2, status) = (self.clone(), key.clone(), status.clone());
         let running = tokio::spawn(async move {
-            match writes.write_now(&key2, &base, &status).await {
+            let result = writes.write_now(&key2, &base, &status).await;
+            // Only now: a pass before this plans from the status being written, one after
+            // from what the write left (the copy it returned, or none after a refusal).
+            guard(&writes.pending).remove(&key2);
+            match result {
                 Ok(()) => {
                     guard(&writes.failures).remove(&key2);
                 }
@@ -197,6 +224,7 @@ impl StatusWrites {
         self.own.retain(&keep);
         guard(&self.written_at).retain(|k, at| keep(k) && at.elapsed() < STATUS_COALESCE);
         guard(&self.in_flight).retain(|k, running| keep(k) && !running.is_finished());
+        guard(&self.pending).retain(|k, _| keep(k));
         guard(&self.failures).retain(|k, _| keep(k));
     }
 }
@@ -288,5 +316,60 @@ mod tests {
             None,
             "long enough ago"
         );
+    }
+
+    fn at_version(mut svc: ResilientService, version: &str) -> Arc<ResilientService> {
+        svc.metadata.resource_version = Some(version.into());
+        Arc::new(svc)
+    }
+
+    #[tokio::test]
+    async fn a_pass_plans_from_the_status_being_written_over_its_copy_and_writes_over_what_landed()
+    {
+        let (writes, fresh) = (writes(), writes());
+        let old = ResilientServiceStatus {
+            ready_replicas: 2,
+            ..Default::default()
+        };
+        let cached = at_version(service(old.clone()), "7");
+        let key = ObjectRef::from(cached.as_ref());
+        let being_written = ResilientServiceStatus {
+            ready_replicas: 3,
+            ..old.clone()
+        };
+        let mut overlay = (*cached).clone();
+        overlay.status = Some(being_written.clone());
+        guard(&writes.pending).insert(key.clone(), (Some("7".into()), Arc::new(overlay)));
+
+        let planned = writes.copy_to_plan_from(&key, &cached).expect("a copy");
+        assert_eq!(planned.status.as_ref(), Some(&being_written));
+        assert_eq!(planned.metadata.resource_version.as_deref(), Some("7"));
+
+        // Someone else changed the service meanwhile: the write in flight will be refused,
+        // and the pass plans from their copy.
+        let theirs = at_version(service(old.clone()), "8");
+        let planned = writes.copy_to_plan_from(&key, &theirs).expect("a copy");
+        assert_eq!(planned.metadata.resource_version.as_deref(), Some("8"));
+        assert_eq!(planned.status.as_ref(), Some(&old));
+
+        // The write landed: the next write goes over the copy it returned, not the one
+        // planned from, and no pass plans from the overlay any more.
+        let landed = at_version(service(being_written.clone()), "9");
+        writes
+            .own
+            .superseded_by(&key, Some("7"), Some(landed.clone()));
+        let base = writes.copy_to_write_over(&key, &cached).await;
+        assert_eq!(base.metadata.resource_version.as_deref(), Some("9"));
+        assert!(guard(&writes.pending).is_empty());
+        let planned = writes.copy_to_plan_from(&key, &cached).expect("a copy");
+        assert_eq!(planned.metadata.resource_version.as_deref(), Some("9"));
+
+        // A write that never landed (it failed): the next write goes over the cached copy,
+        // so the status it meant to write is written then.
+        let mut overlay = (*cached).clone();
+        overlay.status = Some(being_written.clone());
+        guard(&fresh.pending).insert(key.clone(), (Some("7".into()), Arc::new(overlay)));
+        let base = fresh.copy_to_write_over(&key, &cached).await;
+        assert_eq!(base.status.as_ref(), Some(&old));
     }
 }

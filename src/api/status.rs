@@ -161,11 +161,31 @@ impl ResilientServiceStatus {
     /// pass sees again of the world (counts, each slot's pod, node and state, the messages
     /// and what things wait for), so its write may wait a moment without losing anything.
     pub fn records_as(&self, other: &Self) -> bool {
-        let conditions = |s: &Self| -> Vec<(String, String, String)> {
-            (s.conditions.iter())
-                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+        let failures = |s: &Self| -> Vec<Option<Failure>> {
+            (s.replica_statuses.iter())
+                .map(|r| r.last_failure.clone())
                 .collect()
         };
+        self.decides_as(other)
+            && failures(self) == failures(other)
+            && self.reason == other.reason
+            && conditions(self, |_| true) == conditions(other, |_| true)
+    }
+
+    /// Whether `other` carries every decision this status carries, what a later pass reads
+    /// back to plan: what `records_as` compares but the Available, Progressing and Degraded
+    /// conditions, `reason`, and when a slot's last failure was seen to recover and its
+    /// message. Each pass derives these from the pods and the rollout again; the recovery
+    /// only says how long the failure stays on show. (RolledBack is read back: it tells an
+    /// aborted rollout.) A pass may plan from `other` before it is written: should the
+    /// write be lost, the next pass derives them again.
+    pub fn decides_as(&self, other: &Self) -> bool {
+        let derived = [
+            condition::AVAILABLE,
+            condition::PROGRESSING,
+            condition::DEGRADED,
+        ];
+        let decided = |type_: &str| !derived.contains(&type_);
         let rollout = |s: &Self| {
             s.rollout.clone().map(|mut r| {
                 r.waiting_for = None;
@@ -181,7 +201,11 @@ impl ResilientServiceStatus {
                     escalation: r.escalation.clone(),
                     avoid_node: r.avoid_node.clone(),
                     avoid_node_reason: r.avoid_node_reason.clone(),
-                    last_failure: r.last_failure.clone(),
+                    last_failure: r.last_failure.clone().map(|f| Failure {
+                        recovered_at: None,
+                        message: String::new(),
+                        ..f
+                    }),
                     ..Default::default()
                 })
                 .collect()
@@ -190,9 +214,19 @@ impl ResilientServiceStatus {
             && self.current_revision == other.current_revision
             && self.update_revision == other.update_revision
             && self.selector == other.selector
-            && self.reason == other.reason
-            && conditions(self) == conditions(other)
+            && conditions(self, decided) == conditions(other, decided)
             && rollout(self) == rollout(other)
             && ledger(self) == ledger(other)
     }
+}
+
+/// The type, status and reason of each condition `of` picks.
+fn conditions(
+    status: &ResilientServiceStatus,
+    of: impl Fn(&str) -> bool,
+) -> Vec<(&str, &str, &str)> {
+    (status.conditions.iter())
+        .filter(|c| of(&c.type_))
+        .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect()
 }

@@ -280,3 +280,67 @@ fn a_status_that_differs_in_counts_slots_and_messages_records_the_same() {
     });
     assert!(!base.records_as(&one_more_slot));
 }
+
+#[test]
+fn only_what_each_pass_derives_again_carries_no_decision() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let condition = |type_: &str, status: &str, reason: &str| Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: String::new(),
+        last_transition_time: Time(jiff::Timestamp::from_second(1_800_000_000).unwrap()),
+        observed_generation: None,
+    };
+    let base = ResilientServiceStatus {
+        observed_generation: Some(2),
+        current_revision: Some("web-1".into()),
+        conditions: vec![
+            condition("Available", "True", "MinimumReplicasAvailable"),
+            condition("Degraded", "True", "ReplicaNotReady"),
+            condition("RolledBack", "False", "NoRollback"),
+            condition("Progressing", "True", "RolloutComplete"),
+        ],
+        reason: Some("ReplicaNotReady".into()),
+        ..Default::default()
+    };
+    let failure = |reason: &str, recovered: Option<i64>| Failure {
+        reason: reason.into(),
+        message: format!("{reason} seen"),
+        at: Time(jiff::Timestamp::from_second(1_800_000_000).unwrap()),
+        recovered_at: recovered.map(|s| Time(jiff::Timestamp::from_second(s).unwrap())),
+    };
+    let base = ResilientServiceStatus {
+        replica_statuses: vec![ReplicaStatus {
+            ordinal: 0,
+            last_failure: Some(failure("Failed", None)),
+            ..Default::default()
+        }],
+        ..base
+    };
+    let mut healed = base.clone();
+    healed.conditions[0] = condition("Available", "True", "AllReplicasAvailable");
+    healed.conditions[1] = condition("Degraded", "False", "AllReplicasReady");
+    healed.conditions[3] = condition("Progressing", "True", "ReplicasUpdating");
+    healed.reason = None;
+    healed.replica_statuses[0].last_failure = Some(failure("Failed", Some(1_800_000_060)));
+    assert!(base.decides_as(&healed), "the pods tell these again");
+    assert!(!base.records_as(&healed), "but they are written at once");
+
+    let decided: [fn(&mut ResilientServiceStatus); 5] = [
+        |s| s.replica_statuses[0].last_failure.as_mut().unwrap().reason = "NodeLost".into(),
+        |s| {
+            s.conditions[2].status = "True".into();
+            s.conditions[2].reason = "RolloutAborted".into();
+        },
+        |s| s.current_revision = Some("web-2".into()),
+        |s| s.observed_generation = Some(3),
+        |s| s.replica_statuses[0].restarts_in_window = 1,
+    ];
+    for change in decided {
+        let mut other = healed.clone();
+        change(&mut other);
+        assert!(!base.decides_as(&other), "{other:?}");
+        assert!(!base.records_as(&other), "{other:?}");
+    }
+}
