@@ -3,8 +3,8 @@
 //!
 //! A pass of a service runs only once the previous one is over, and a status write costs
 //! the API server a validation of the whole service (9 ms at the median here). A write that
-//! carries no decision a later pass reads back (counts, slot states, messages, the Available
-//! and Degraded conditions: see `decides_as`) goes on in the background and the pass ends:
+//! carries no decision a later pass reads back (what each pass derives again: see
+//! `ResilientServiceStatus::decides_as`) goes on in the background and the pass ends:
 //! a pod deleted meanwhile gets its replacement from the next pass at once, planned from the
 //! copy the write started from with the status being written in place. The next status
 //! write waits for it, then goes over the copy it returned. A write that records a decision
@@ -28,8 +28,6 @@ use crate::own_writes::{Freshness, OwnWrites};
 use crate::plan;
 
 type Key = ObjectRef<ResilientService>;
-/// The version a background write goes over, and that copy with its status in place.
-type Pending = (Option<String>, Arc<ResilientService>);
 
 /// The least time between two status writes of a service that change only what the world
 /// shows again on the next pass (counts, slot states, messages): while pods start in a
@@ -47,9 +45,9 @@ pub struct StatusWrites {
     written_at: Mutex<HashMap<Key, Instant>>,
     /// The background write of each service, while it runs.
     in_flight: Mutex<HashMap<Key, JoinHandle<()>>>,
-    /// While a background write runs: the version it goes over, and that copy with the
+    /// While a background write runs: the copy it goes over (its version too) with the
     /// status being written in place, which the next pass plans from.
-    pending: Mutex<HashMap<Key, Pending>>,
+    pending: Mutex<HashMap<Key, Arc<ResilientService>>>,
     /// Background writes that failed in a row, per service: the retry backs off.
     failures: Mutex<HashMap<Key, u32>>,
     /// Asks for a pass of a service whose background write failed: nothing else may.
@@ -88,7 +86,9 @@ impl StatusWrites {
         let newest = self.newest(key, cached)?;
         match guard(&self.pending).get(key) {
             // Someone else's change since the write began: the write will be refused.
-            Some((version, written)) if *version == newest.metadata.resource_version => {
+            Some(written)
+                if written.metadata.resource_version == newest.metadata.resource_version =>
+            {
                 Some(written.clone())
             }
             _ => Some(newest),
@@ -159,8 +159,7 @@ impl StatusWrites {
         }
         let mut written = (*base).clone();
         written.status = Some(status.clone());
-        let version = base.metadata.resource_version.clone();
-        guard(&self.pending).insert(key.clone(), (version, Arc::new(written)));
+        guard(&self.pending).insert(key.clone(), Arc::new(written));
         let (writes, key2, status) = (self.clone(), key.clone(), status.clone());
         let running = tokio::spawn(async move {
             let result = writes.write_now(&key2, &base, &status).await;
@@ -323,6 +322,13 @@ mod tests {
         Arc::new(svc)
     }
 
+    /// What `write` keeps while its write of `status` over `base` runs.
+    fn pending(writes: &StatusWrites, base: &ResilientService, status: &ResilientServiceStatus) {
+        let mut written = base.clone();
+        written.status = Some(status.clone());
+        guard(&writes.pending).insert(ObjectRef::from(base), Arc::new(written));
+    }
+
     #[tokio::test]
     async fn a_pass_plans_from_the_status_being_written_over_its_copy_and_writes_over_what_landed()
     {
@@ -337,9 +343,7 @@ mod tests {
             ready_replicas: 3,
             ..old.clone()
         };
-        let mut overlay = (*cached).clone();
-        overlay.status = Some(being_written.clone());
-        guard(&writes.pending).insert(key.clone(), (Some("7".into()), Arc::new(overlay)));
+        pending(&writes, &cached, &being_written);
 
         let planned = writes.copy_to_plan_from(&key, &cached).expect("a copy");
         assert_eq!(planned.status.as_ref(), Some(&being_written));
@@ -366,9 +370,7 @@ mod tests {
 
         // A write that never landed (it failed): the next write goes over the cached copy,
         // so the status it meant to write is written then.
-        let mut overlay = (*cached).clone();
-        overlay.status = Some(being_written.clone());
-        guard(&fresh.pending).insert(key.clone(), (Some("7".into()), Arc::new(overlay)));
+        pending(&fresh, &cached, &being_written);
         let base = fresh.copy_to_write_over(&key, &cached).await;
         assert_eq!(base.status.as_ref(), Some(&old));
     }
