@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use perennial::api::{ReplicaStatus, ResilientService};
+use kube::ResourceExt;
+use perennial::api::{ReplicaStatus, ResilientService, ANNOTATION_AVOIDS_NODE};
 use serde_json::json;
 use support::pods::*;
 use support::real::*;
@@ -103,6 +104,26 @@ async fn a_container_crashing_under_a_real_kubelet_is_judged_crash_loop_back_off
         "the rescheduled pod avoids {avoided}: {}",
         describe_all(&pods)
     );
+    // The replacement names the node it keeps off: what lets a later pass make it again
+    // without that once the slot avoids the node no more.
+    let ns_ref = &ns;
+    let avoided = &avoided;
+    wait_for(
+        &format!("a pod of crashy made to keep off {avoided}"),
+        Duration::from_secs(60),
+        || async move {
+            let pods = pod_on(ns_ref, "crashy").await;
+            pods.iter()
+                .filter(|p| alive(p))
+                .find(|p| {
+                    p.annotations().get(ANNOTATION_AVOIDS_NODE) == Some(avoided)
+                        && node_of(p) != *avoided
+                })
+                .map(|_| ())
+                .ok_or_else(|| describe_all(&pods))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

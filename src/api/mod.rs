@@ -56,6 +56,12 @@ pub const ANNOTATION_INVALID_TEMPLATE: &str = "perennial.dev/invalid-template";
 /// is still as recorded; deleting the annotation leaves the fence to a person.
 pub const ANNOTATION_FENCE: &str = "perennial.dev/fence";
 
+/// Annotation on a pod made to keep off a node (the slot's avoidance when it was made):
+/// that node. A pod still waiting for a node whose slot avoids that node no more is made
+/// again without it, whenever the operator sees it, not only in the pass that lifts the
+/// avoidance. Set by the operator alone: a template's own value is dropped.
+pub const ANNOTATION_AVOIDS_NODE: &str = "perennial.dev/avoids-node";
+
 /// The field manager the operator uses for every server-side apply.
 pub const FIELD_MANAGER: &str = "perennial";
 

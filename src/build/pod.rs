@@ -9,7 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ObjectMeta;
 
 use super::{claim_name, name, owner_reference, selector_labels, service_name};
-use crate::api::{ResilientService, WhenUnsatisfiable, GATE_SERVING, LABEL_REVISION, LABEL_SLOT};
+use crate::api::{
+    ResilientService, WhenUnsatisfiable, ANNOTATION_AVOIDS_NODE, GATE_SERVING, LABEL_REVISION,
+    LABEL_SLOT,
+};
 
 /// The node label one-per-node anti-affinity spreads over.
 const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
@@ -66,6 +69,11 @@ pub fn desired_pod(
     labels.extend(selector_labels(svc));
     labels.insert(LABEL_SLOT.to_string(), ordinal.to_string());
     labels.insert(LABEL_REVISION.to_string(), revision.to_string());
+    // Only the operator says which node a pod was made to keep off.
+    let mut annotations = template_meta.annotations;
+    if let Some(a) = annotations.as_mut() {
+        a.remove(ANNOTATION_AVOIDS_NODE);
+    }
 
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
     spec.hostname = Some(pod_hostname(svc, ordinal));
@@ -86,7 +94,7 @@ pub fn desired_pod(
             name: Some(pod_name(svc, ordinal, revision)),
             namespace: svc.metadata.namespace.clone(),
             labels: Some(labels),
-            annotations: template_meta.annotations,
+            annotations,
             owner_references: owner_reference(svc).map(|o| vec![o]),
             ..Default::default()
         },
@@ -153,7 +161,8 @@ fn spread(svc: &ResilientService, spec: &mut PodSpec) {
     }
 }
 
-/// Keeps a pod off `node` (an escalation's Reschedule), with a required node affinity.
+/// Keeps a pod off `node` (the slot's avoidance: a lost node, or an escalation's
+/// Reschedule), with a required node affinity, and names the node in an annotation.
 pub fn avoid_node(pod: &mut Pod, node: &str) {
     use k8s_openapi::api::core::v1::{
         NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
@@ -161,6 +170,10 @@ pub fn avoid_node(pod: &mut Pod, node: &str) {
     let Some(spec) = pod.spec.as_mut() else {
         return;
     };
+    (pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default))
+    .insert(ANNOTATION_AVOIDS_NODE.to_string(), node.to_string());
     let rule = NodeSelectorRequirement {
         key: HOSTNAME_KEY.to_string(),
         operator: "NotIn".to_string(),
@@ -185,5 +198,59 @@ pub fn avoid_node(pod: &mut Pod, node: &str) {
         term.match_expressions
             .get_or_insert_with(Vec::new)
             .push(rule.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pod_kept_off_a_node_names_it_and_a_template_cannot_claim_to() {
+        let svc: ResilientService = serde_json::from_value(json!({
+            "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}
+        }))
+        .unwrap();
+        let template: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"annotations": {(ANNOTATION_AVOIDS_NODE): "n9", "team": "a"}},
+            "spec": {
+                "containers": [{"name": "app", "image": "a:1"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
+                    ]}}}
+            }
+        }))
+        .unwrap();
+        let mut pod = desired_pod(&svc, 0, "web-r1", &template);
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.get("team").map(String::as_str), Some("a"));
+        assert_eq!(annotations.get(ANNOTATION_AVOIDS_NODE), None);
+
+        avoid_node(&mut pod, "n1");
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.get(ANNOTATION_AVOIDS_NODE).map(String::as_str),
+            Some("n1")
+        );
+        let affinity = pod.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
+        let terms = affinity
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 2);
+        for term in terms {
+            let rules = term.match_expressions.unwrap();
+            assert!(
+                rules.iter().any(|r| r.key == HOSTNAME_KEY
+                    && r.operator == "NotIn"
+                    && r.values == Some(vec!["n1".to_string()])),
+                "each term keeps off n1: {rules:?}"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::Deserialize;
 
-use crate::api::GATE_SERVING;
+use crate::api::{ANNOTATION_AVOIDS_NODE, GATE_SERVING};
 
 /// The pod conditions the health judgement, the gate and in-place upgrades read.
 const READ_CONDITIONS: [&str; 6] = [
@@ -24,7 +24,8 @@ const READ_CONDITIONS: [&str; 6] = [
     "PodResizeInProgress",
 ];
 
-/// A pod with its metadata (without annotations and managed fields) and what the health
+/// A pod with its metadata (without managed fields, and of the annotations only the node it
+/// keeps off) and what the health
 /// judgement, the drain and in-place upgrades read of its spec and status.
 #[derive(Clone, Debug, Default, Deserialize, Resource)]
 #[resource(inherit = Pod)]
@@ -79,11 +80,23 @@ pub struct CachedContainerStatus {
 }
 
 impl CachedPod {
-    /// Drops what the decoding kept that nothing reads: annotations, managed fields, and
+    /// Drops what the decoding kept that nothing reads: annotations but the node the pod
+    /// keeps off, managed fields, and
     /// the conditions (or parts of them) that no judgement looks at. Six conditions were a
     /// quarter of a cached pod.
     pub fn trim(&mut self) {
-        self.metadata.annotations = None;
+        // Of the annotations, only the node a pod was made to keep off is read.
+        if let Some(a) = self.metadata.annotations.as_mut() {
+            a.retain(|k, _| k == ANNOTATION_AVOIDS_NODE);
+        }
+        if self
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.is_empty())
+        {
+            self.metadata.annotations = None;
+        }
         self.metadata.managed_fields = None;
         let Some(conditions) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) else {
             return;
@@ -243,6 +256,20 @@ mod tests {
             assert_eq!(pod.metadata.annotations, None);
             assert_eq!(pod.metadata.managed_fields, None);
         }
+    }
+
+    #[test]
+    fn of_the_annotations_the_cache_keeps_the_node_a_pod_keeps_off() {
+        let mut json = full_pod(serde_json::json!({"phase": "Pending"}));
+        json["metadata"]["annotations"][ANNOTATION_AVOIDS_NODE] = "n2".into();
+        let mut cached: CachedPod = serde_json::from_value(json).unwrap();
+        cached.trim();
+        let kept = cached.to_pod().metadata.annotations.unwrap_or_default();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(
+            kept.get(ANNOTATION_AVOIDS_NODE).map(String::as_str),
+            Some("n2")
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn ready_pod(svc: &ResilientService, slot: i32, revision: &str) -> PodView {
             since: Timestamp::from_second(1_700_000_000).unwrap(),
         },
         serving: Default::default(),
+        avoids: None,
     }
 }
 
@@ -191,6 +192,7 @@ fn apply(svc: &ResilientService, seen: &Assessment, actions: &[Action]) -> Asses
                         node: None,
                         state: PodState::Pending,
                         serving: Default::default(),
+                        avoids: None,
                     });
                 }
             }

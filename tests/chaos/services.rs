@@ -236,6 +236,14 @@ pub(crate) fn converged(svc: &ResilientService) -> Result<(), String> {
         .replica_statuses
         .iter()
         .filter_map(|r| Some(format!("slot {}: {}", r.ordinal, r.waiting_for.clone()?)))
+        .chain(s.replica_statuses.iter().filter_map(|r| {
+            Some(format!(
+                "slot {} keeps off {} ({})",
+                r.ordinal,
+                r.avoid_node.as_deref()?,
+                r.avoid_node_reason.as_deref().unwrap_or("no reason")
+            ))
+        }))
         .collect();
     Err(format!(
         "generation {:?} observed {:?}, Available={available}, ready {}/{}, reason {:?}, rollout {:?}, {waiting:?}",

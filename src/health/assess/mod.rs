@@ -32,6 +32,8 @@ pub struct PodView {
     pub state: PodState,
     /// Its readiness gate, how the EndpointSlices list it, whether it runs its spec.
     pub serving: Serving,
+    /// The node it was made to keep off (api::ANNOTATION_AVOIDS_NODE).
+    pub avoids: Option<String>,
 }
 
 /// One claim of the service.

@@ -136,6 +136,7 @@ mod tests {
             node: Some(node.into()),
             state: PodState::Starting,
             serving: Default::default(),
+            avoids: None,
         }
     }
 

@@ -4,7 +4,7 @@
 use kube::ResourceExt;
 
 use super::{NodeJudge, PodView};
-use crate::api::{LABEL_REVISION, LABEL_SLOT};
+use crate::api::{ANNOTATION_AVOIDS_NODE, LABEL_REVISION, LABEL_SLOT};
 use crate::health::{judge_pod, Closed, Gate, NodeHealth, PodState, Serving};
 use crate::observe::Observed;
 
@@ -62,6 +62,7 @@ pub fn pods(observed: &Observed, judge: &NodeJudge) -> (Vec<PodView>, Vec<String
                     node,
                     state,
                     serving,
+                    avoids: pod.annotations().get(ANNOTATION_AVOIDS_NODE).cloned(),
                 })
             }
             _ => strays.push(pod.name_any()),

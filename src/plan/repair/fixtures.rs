@@ -49,6 +49,7 @@ pub fn converged(svc: &ResilientService) -> Assessment {
                 node: Some(format!("node-{}", slot % 3)),
                 state: PodState::Ready { since: ago(1000) },
                 serving: Default::default(),
+                avoids: None,
             })
             .collect(),
         strays: vec![],

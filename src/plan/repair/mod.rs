@@ -155,7 +155,8 @@ pub(super) fn plan(
     plan
 }
 
-/// The steps for one slot; last, an avoidance whose node is back is lifted.
+/// The steps for one slot; last, an avoidance whose node is back is lifted, and a pod made
+/// to keep off a node the slot avoids no more is made again without that.
 fn plan_slot(
     s: &Settings,
     slot: i32,
@@ -166,21 +167,33 @@ fn plan_slot(
     let mut out = slot_steps(s, slot, mass_failure, budget, rolling_revision);
     let avoided = out.note.avoid.clone();
     avoidance::lift(s.seen, &mut out.note);
-    if let Some(lifted) = avoided.filter(|_| out.note.avoid.is_none()) {
-        // A pod made while the node was avoided carries the avoidance in its affinity, and
-        // the scheduler may have nowhere else to put it (one pod per node, few nodes): one
-        // not placed yet goes, and the next is made without it.
-        let waiting = (s.seen.pods.iter())
-            .filter(|p| p.slot == slot && p.node.is_none())
-            .filter(|p| matches!(p.state, PodState::Pending | PodState::Unschedulable { .. }));
-        out.actions.extend(waiting.map(|p| Action::DeletePod {
-            name: p.name.clone(),
-            reason: format!(
-                "made to keep off {} while it was lost; it is back, so made again without that",
-                lifted.node
-            ),
-        }));
-    }
+    let lifted = avoided.filter(|_| out.note.avoid.is_none());
+    let avoid_now = out.note.avoid.as_ref().map(|a| a.node.as_str());
+    // A pod made while the node was avoided carries the avoidance in its affinity, and the
+    // scheduler may have nowhere else to put it (one pod per node, few nodes): one not
+    // placed yet goes, and the next is made without it. Judged from the pod's own record of
+    // what it keeps off, not only in the pass that lifts the avoidance: that pass may not
+    // see yet the pod the pass before it made.
+    let stale = |p: &PodView| match (p.avoids.as_deref(), &lifted) {
+        (Some(node), _) => avoid_now != Some(node),
+        // Made by an operator that did not record it on the pod.
+        (None, Some(_)) => true,
+        (None, None) => false,
+    };
+    let waiting = (s.seen.pods.iter())
+        .filter(|p| p.slot == slot && p.node.is_none())
+        .filter(|p| matches!(p.state, PodState::Pending | PodState::Unschedulable { .. }))
+        .filter(|p| stale(p));
+    out.actions.extend(waiting.map(|p| Action::DeletePod {
+        name: p.name.clone(),
+        reason: format!(
+            "made to keep off {}, which the slot avoids no more; made again without that",
+            p.avoids
+                .as_deref()
+                .or(lifted.as_ref().map(|l| l.node.as_str()))
+                .unwrap_or_default()
+        ),
+    }));
     out
 }
 
@@ -372,29 +385,88 @@ mod tests {
         svc.status = Some(p.status.clone());
         // Its replacement, made to keep off node-1, finds no other node.
         let name = seen.pods[1].name.clone();
-        seen.pods[1].node = None;
-        seen.pods[1].state = PodState::Unschedulable {
-            message: "0/2 nodes are available".into(),
-            since: fixtures::ago(60),
-        };
-        let deletes = |p: &crate::plan::Plan| -> Vec<String> {
-            (p.actions.iter())
-                .filter_map(|a| match a {
-                    Action::DeletePod { name, .. } => Some(name.clone()),
-                    _ => None,
-                })
-                .collect()
-        };
+        unplaced_keeping_off(&mut seen.pods[1], Some("node-1"));
         let p = crate::plan::plan(&svc, &seen);
         assert_eq!(deletes(&p), Vec::<String>::new(), "node-1 is still lost");
         svc.status = Some(p.status.clone());
 
         seen.nodes_back.insert("node-1".into());
         let p = crate::plan::plan(&svc, &seen);
-        assert_eq!(deletes(&p), vec![name], "{:?}", p.actions);
+        assert_eq!(deletes(&p), vec![name.clone()], "{:?}", p.actions);
         svc.status = Some(p.status.clone());
         // Once lifted, nothing is deleted again: the next pod has no avoidance.
+        unplaced_keeping_off(&mut seen.pods[1], None);
         let p = crate::plan::plan(&svc, &seen);
         assert_eq!(deletes(&p), Vec::<String>::new(), "{:?}", p.actions);
+
+        // A pod made by an operator that did not record the node on the pod goes in the
+        // pass that lifts the avoidance.
+        let mut svc = fixtures::service(2, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[1].state = lost(false);
+        svc.status = Some(crate::plan::plan(&svc, &seen).status);
+        unplaced_keeping_off(&mut seen.pods[1], None);
+        seen.nodes_back.insert("node-1".into());
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), vec![name], "{:?}", p.actions);
+    }
+
+    #[test]
+    fn a_pod_made_to_keep_off_a_node_the_slot_avoids_no_more_goes_though_the_lift_did_not_see_it() {
+        let mut svc = fixtures::service(2, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[1].state = lost(false);
+        svc.status = Some(crate::plan::plan(&svc, &seen).status);
+        let mut replacement = seen.pods.remove(1);
+        unplaced_keeping_off(&mut replacement, Some("node-1"));
+        // The node is back before the cache shows the replacement: the lift sees no pod.
+        seen.nodes_back.insert("node-1".into());
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), Vec::<String>::new(), "{:?}", p.actions);
+        assert_eq!(p.status.replica_statuses[1].avoid_node, None);
+        svc.status = Some(p.status.clone());
+        // The next pass sees it, with nothing left in the ledger to lift.
+        seen.pods.push(replacement.clone());
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(
+            deletes(&p),
+            vec![replacement.name.clone()],
+            "{:?}",
+            p.actions
+        );
+
+        // One that keeps off the node the slot still avoids stays.
+        let mut svc = fixtures::service(2, false);
+        let mut seen = fixtures::converged(&svc);
+        seen.pods[1].state = lost(false);
+        svc.status = Some(crate::plan::plan(&svc, &seen).status);
+        unplaced_keeping_off(&mut seen.pods[1], Some("node-1"));
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), Vec::<String>::new(), "{:?}", p.actions);
+        // And one placed already is not touched, whatever it keeps off.
+        seen.nodes_back.insert("node-1".into());
+        seen.pods[1].node = Some("node-0".into());
+        seen.pods[1].state = PodState::Starting;
+        let p = crate::plan::plan(&svc, &seen);
+        assert_eq!(deletes(&p), Vec::<String>::new(), "{:?}", p.actions);
+    }
+
+    /// A pod the scheduler cannot place, made to keep off `node`.
+    fn unplaced_keeping_off(pod: &mut PodView, node: Option<&str>) {
+        pod.node = None;
+        pod.state = PodState::Unschedulable {
+            message: "0/2 nodes are available".into(),
+            since: fixtures::ago(60),
+        };
+        pod.avoids = node.map(Into::into);
+    }
+
+    fn deletes(p: &crate::plan::Plan) -> Vec<String> {
+        (p.actions.iter())
+            .filter_map(|a| match a {
+                Action::DeletePod { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }

@@ -248,6 +248,7 @@ mod tests {
             node: None,
             state,
             serving: Default::default(),
+            avoids: None,
         }
     }
 

@@ -118,6 +118,7 @@ mod tests {
                     node: None,
                     state: state.clone(),
                     serving: Default::default(),
+                    avoids: None,
                 })
                 .collect(),
             strays: vec![],

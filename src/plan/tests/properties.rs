@@ -115,7 +115,7 @@ prop_compose! {
                 _ => state,
             };
             if seen.pods.iter().all(|p| p.name != name) {
-                seen.pods.push(PodView { name, slot, revision, node: None, state, serving });
+                seen.pods.push(PodView { name, slot, revision, node: None, state, serving, avoids: None });
             }
         }
         seen.claims = if storage {
