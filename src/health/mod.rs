@@ -12,6 +12,6 @@ pub use node::{
 };
 pub use pod::{judge_pod, PodState, UNSCHEDULABLE_GRACE};
 pub use serving::{
-    gate_from, gate_of, normalize_image, Closed, Gate, Listing, Serving, GATE_OPEN, GATE_RETIRING,
-    GATE_UPGRADING,
+    gate_from, gate_of, normalize_image, Closed, Gate, GateCondition, Listing, Serving, GATE_OPEN,
+    GATE_RETIRING, GATE_UPGRADING,
 };

@@ -2,7 +2,7 @@
 //! containers run what its spec says (after an in-place patch).
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodCondition, PodReadinessGate};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodReadinessGate};
 
 use crate::api::GATE_SERVING;
 
@@ -101,30 +101,41 @@ impl Serving {
 
 /// The gate as the pod's spec and status say.
 pub fn gate_of(pod: &Pod) -> Gate {
+    let condition = (pod.status.as_ref())
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == GATE_SERVING)
+        .map(|c| GateCondition {
+            open: c.status == "True",
+            since: c.last_transition_time.as_ref().map(|t| t.0),
+            reason: c.reason.as_deref(),
+        });
     gate_from(
         pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref()),
-        pod.status.as_ref().and_then(|s| s.conditions.as_deref()),
+        condition,
     )
 }
 
-/// The gate from a pod's readiness gates and conditions.
-pub fn gate_from(gates: Option<&[PodReadinessGate]>, conditions: Option<&[PodCondition]>) -> Gate {
+/// What the gate's own condition says, however the pod is kept.
+pub struct GateCondition<'a> {
+    pub open: bool,
+    pub since: Option<Timestamp>,
+    pub reason: Option<&'a str>,
+}
+
+/// The gate from a pod's readiness gates and the gate's condition.
+pub fn gate_from(gates: Option<&[PodReadinessGate]>, condition: Option<GateCondition>) -> Gate {
     let gated = (gates.unwrap_or_default().iter()).any(|g| g.condition_type == GATE_SERVING);
     if !gated {
         return Gate::Absent;
     }
-    let condition: Option<&PodCondition> =
-        (conditions.unwrap_or_default().iter()).find(|c| c.type_ == GATE_SERVING);
     match condition {
         None => Gate::Unset,
-        Some(c) if c.status == "True" => Gate::Open,
+        Some(c) if c.open => Gate::Open,
         Some(c) => Gate::Closed {
-            since: c
-                .last_transition_time
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or(Timestamp::UNIX_EPOCH),
-            why: if c.reason.as_deref() == Some(GATE_UPGRADING) {
+            since: c.since.unwrap_or(Timestamp::UNIX_EPOCH),
+            why: if c.reason == Some(GATE_UPGRADING) {
                 Closed::Upgrade
             } else {
                 Closed::Retire

@@ -5,24 +5,15 @@
 //! (`to_pod`), so everything downstream judges a `Pod` as the API server returns it.
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStatus, Pod, PodCondition, PodReadinessGate, PodSpec,
-    PodStatus, ResourceRequirements,
+    Container, ContainerState, ContainerStatus, Pod, PodReadinessGate, PodSpec, PodStatus,
+    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::Deserialize;
 
-use crate::api::{ANNOTATION_AVOIDS_NODE, GATE_SERVING};
-
-/// The pod conditions the health judgement, the gate and in-place upgrades read.
-const READ_CONDITIONS: [&str; 6] = [
-    "PodScheduled",
-    "Ready",
-    "ContainersReady",
-    GATE_SERVING,
-    "PodResizePending",
-    "PodResizeInProgress",
-];
+use super::cached_condition::{self, CachedCondition, ConditionKind, ConditionStatus};
+use crate::api::ANNOTATION_AVOIDS_NODE;
 
 /// A pod with its metadata (without managed fields, and of the annotations only the node it
 /// keeps off) and what the health
@@ -58,7 +49,9 @@ pub struct CachedStatus {
     pub phase: Option<String>,
     pub reason: Option<String>,
     pub message: Option<String>,
-    pub conditions: Option<Vec<PodCondition>>,
+    /// Of the kinds a judgement reads alone (cached_condition).
+    #[serde(default, deserialize_with = "cached_condition::decode")]
+    pub conditions: Option<Vec<CachedCondition>>,
     pub container_statuses: Option<Vec<CachedContainerStatus>>,
 }
 
@@ -81,9 +74,9 @@ pub struct CachedContainerStatus {
 
 impl CachedPod {
     /// Drops what the decoding kept that nothing reads: annotations but the node the pod
-    /// keeps off, managed fields, and
-    /// the conditions (or parts of them) that no judgement looks at. Six conditions were a
-    /// quarter of a cached pod.
+    /// keeps off, managed fields, and a container state that says nothing (a container
+    /// that never ended has an empty last state, a box of 208 bytes). The conditions are
+    /// kept compact as they are decoded (cached_condition).
     pub fn trim(&mut self) {
         // Of the annotations, only the node a pod was made to keep off is read.
         if let Some(a) = self.metadata.annotations.as_mut() {
@@ -98,22 +91,23 @@ impl CachedPod {
             self.metadata.annotations = None;
         }
         self.metadata.managed_fields = None;
-        let Some(conditions) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) else {
-            return;
+        let empty = |s: &Option<Box<ContainerState>>| {
+            s.as_deref().is_some_and(|s| {
+                s.running.is_none() && s.terminated.is_none() && s.waiting.is_none()
+            })
         };
-        conditions.retain(|c| READ_CONDITIONS.contains(&c.type_.as_str()));
-        for c in conditions.iter_mut() {
-            c.last_probe_time = None;
-            c.observed_generation = None;
-            // Only an unschedulable pod's message is reported; the gate's reason is read.
-            if c.type_ != "PodScheduled" {
-                c.message = None;
+        let statuses = self
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut());
+        for c in statuses.into_iter().flatten() {
+            if empty(&c.state) {
+                c.state = None;
             }
-            if c.type_ != "PodScheduled" && c.type_ != GATE_SERVING {
-                c.reason = None;
+            if empty(&c.last_state) {
+                c.last_state = None;
             }
         }
-        conditions.shrink_to_fit();
     }
 
     /// The node the pod is bound to.
@@ -123,11 +117,21 @@ impl CachedPod {
 
     /// Its readiness gate, read without making a whole `Pod` of it.
     pub fn gate(&self) -> crate::health::Gate {
+        let condition = (self.status.as_ref())
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .find(|c| c.kind == ConditionKind::Serving)
+            .map(|c| crate::health::GateCondition {
+                open: c.status == ConditionStatus::True,
+                since: c.since(),
+                reason: c.reason.as_deref(),
+            });
         crate::health::gate_from(
             self.spec
                 .as_ref()
                 .and_then(|s| s.readiness_gates.as_deref()),
-            self.status.as_ref().and_then(|s| s.conditions.as_deref()),
+            condition,
         )
     }
 
@@ -152,7 +156,8 @@ impl CachedPod {
                 phase: s.phase.clone(),
                 reason: s.reason.clone(),
                 message: s.message.clone(),
-                conditions: s.conditions.clone(),
+                conditions: (s.conditions.as_ref())
+                    .map(|all| all.iter().map(CachedCondition::to_condition).collect()),
                 container_statuses: s.container_statuses.as_ref().map(|all| {
                     all.iter()
                         .map(|c| ContainerStatus {
@@ -232,6 +237,9 @@ mod tests {
                         "lastProbeTime": at}, gate],
                 "containerStatuses": [{"name": "app", "image": "example/app:1", "ready": true,
                     "restartCount": 0, "started": true, "state": {"running": {"startedAt": at}}}]}),
+            serde_json::json!({"phase": "Running", "conditions": [gate.clone()],
+                "containerStatuses": [{"name": "app", "image": "example/app:1", "ready": true,
+                    "restartCount": 0, "state": {}, "lastState": {}}]}),
             serde_json::json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory"}),
             serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
                 "status": "False", "reason": "Unschedulable", "message": "0/3 nodes", "lastTransitionTime": at}]}),
@@ -256,6 +264,20 @@ mod tests {
             assert_eq!(pod.metadata.annotations, None);
             assert_eq!(pod.metadata.managed_fields, None);
         }
+    }
+
+    #[test]
+    fn a_container_state_that_says_nothing_is_not_kept() {
+        let mut cached: CachedPod = serde_json::from_value(full_pod(serde_json::json!({
+            "phase": "Running",
+            "containerStatuses": [{"name": "app", "image": "example/app:1", "ready": true,
+                "restartCount": 0, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                "lastState": {}}]})))
+        .unwrap();
+        cached.trim();
+        let status = &cached.status.unwrap().container_statuses.unwrap()[0];
+        assert!(status.state.is_some());
+        assert!(status.last_state.is_none());
     }
 
     #[test]
@@ -297,7 +319,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter())
-        .map(|c| (c.type_.as_str(), c.reason.as_deref(), c.message.as_deref()))
+        .map(|c| (c.kind.word(), c.reason.as_deref(), c.message.as_deref()))
         .collect();
         assert_eq!(
             kept,
@@ -316,8 +338,9 @@ mod tests {
             ]
         );
         let conditions = cached.status.as_ref().unwrap().conditions.as_ref().unwrap();
-        assert!(conditions.iter().all(|c| c.last_probe_time.is_none()));
-        assert!(conditions.iter().all(|c| c.last_transition_time.is_some()));
+        assert!(conditions.iter().all(|c| c.since().is_some()));
+        let whole = cached.to_pod().status.unwrap().conditions.unwrap();
+        assert!(whole.iter().all(|c| c.last_probe_time.is_none()));
     }
 
     #[test]

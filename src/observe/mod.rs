@@ -1,6 +1,7 @@
 //! Reading what exists into plain data. The reads come from shared watch caches, so a
 //! reconcile costs the API server nothing.
 
+mod cached_condition;
 mod cached_pod;
 mod endpoints;
 mod heartbeats;
