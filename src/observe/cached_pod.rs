@@ -74,9 +74,9 @@ pub struct CachedContainerStatus {
 
 impl CachedPod {
     /// Drops what the decoding kept that nothing reads: annotations but the node the pod
-    /// keeps off, managed fields, and a container state that says nothing (a container
-    /// that never ended has an empty last state, a box of 208 bytes). The conditions are
-    /// kept compact as they are decoded (cached_condition).
+    /// keeps off, managed fields, and a container state that says nothing read (a running
+    /// container's start time, the empty last state of one that never ended: a box of 208
+    /// bytes each). The conditions are kept compact as they are decoded (cached_condition).
     pub fn trim(&mut self) {
         // Of the annotations, only the node a pod was made to keep off is read.
         if let Some(a) = self.metadata.annotations.as_mut() {
@@ -91,20 +91,20 @@ impl CachedPod {
             self.metadata.annotations = None;
         }
         self.metadata.managed_fields = None;
-        let empty = |s: &Option<Box<ContainerState>>| {
-            s.as_deref().is_some_and(|s| {
-                s.running.is_none() && s.terminated.is_none() && s.waiting.is_none()
-            })
+        // Nothing reads when a container started: a state that says no more is not kept.
+        let unread = |s: &Option<Box<ContainerState>>| {
+            s.as_deref()
+                .is_some_and(|s| s.terminated.is_none() && s.waiting.is_none())
         };
         let statuses = self
             .status
             .as_mut()
             .and_then(|s| s.container_statuses.as_mut());
         for c in statuses.into_iter().flatten() {
-            if empty(&c.state) {
+            if unread(&c.state) {
                 c.state = None;
             }
-            if empty(&c.last_state) {
+            if unread(&c.last_state) {
                 c.last_state = None;
             }
         }
@@ -267,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn a_container_state_that_says_nothing_is_not_kept() {
+    fn a_container_state_that_says_nothing_read_is_not_kept() {
         let mut cached: CachedPod = serde_json::from_value(full_pod(serde_json::json!({
             "phase": "Running",
             "containerStatuses": [{"name": "app", "image": "example/app:1", "ready": true,
@@ -276,7 +276,7 @@ mod tests {
         .unwrap();
         cached.trim();
         let status = &cached.status.unwrap().container_statuses.unwrap()[0];
-        assert!(status.state.is_some());
+        assert!(status.state.is_none(), "when it started is read by nobody");
         assert!(status.last_state.is_none());
     }
 
