@@ -291,10 +291,13 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         health: health.clone(),
     });
 
-    // A node event reconciles every service with a pod on that node, and the service that
-    // fenced it: its pods have left the node, but the fence is its to remove.
+    // A node event reconciles every service with a pod on that node, the service that
+    // fenced it (its pods have left the node, but the fence is its to remove), and every
+    // service a slot of which keeps off the node (the avoidance is lifted once it is back).
     let (pods_on_node, node_index) = (pods.clone(), pods_by_node);
     let watched = options.namespace.clone();
+    let (service_store, service_writer) = reflector::store::<ResilientService>();
+    let avoiding = service_store.clone();
     let node_to_services = move |node: Node| {
         let node_name = node.name_any();
         let mut services = node_index
@@ -303,6 +306,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             .filter(|p| pod_node(p).as_deref() == Some(node_name.as_str()))
             .filter_map(|p| service_of(p.as_ref()))
             .collect::<Vec<_>>();
+        // Node events are few (heartbeats are filtered out), so the scan is rare.
+        services.extend(
+            (avoiding.state().iter())
+                .filter(|s| (s.status.as_ref()).is_some_and(|st| st.keeps_off(&node_name)))
+                .map(|s| ObjectRef::from(s.as_ref())),
+        );
         unique(&mut services);
         // A fence record may name a service of a namespace this instance does not watch.
         services.extend(fenced_by(&node).filter(|s| {
@@ -331,7 +340,6 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     // merged triggers need no backoff of their own: a reset fails every watch at once, and
     // one shared backoff counted those failures as one watch failing again and again, up
     // to 30 s with nothing watched.
-    let (service_store, service_writer) = reflector::store();
     let service_triggers = reflector::reflector(
         service_writer,
         watcher(

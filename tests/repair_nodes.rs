@@ -1,6 +1,7 @@
 //! Lost nodes on the local control plane: stateless replicas on a lost node are Ready
 //! elsewhere within seconds, while a Deployment and a StatefulSet still wait; three of four
-//! nodes lost at once are a suspected mass failure, and nothing is force-deleted.
+//! nodes lost at once are a suspected mass failure, and nothing is force-deleted; a node
+//! back lifts the avoidance of a slot that has no pod there.
 //!
 //! Every test plays its node faults on TestNodes of its own: its workloads select them by
 //! a group label unique to the test and tolerate their taint, so no other test notices.
@@ -316,4 +317,56 @@ async fn losing_three_of_four_nodes_at_once_is_a_suspected_mass_failure_and_noth
     let svc = api.get("web").await.unwrap();
     println!("after the nodes turned Unknown: {}", ledger(&svc));
     assert_eq!(status(&svc).reason.as_deref(), Some("MassFailureSuspected"));
+}
+
+#[tokio::test]
+async fn a_lost_node_back_is_avoided_no_more_by_a_slot_whose_replacement_runs_elsewhere() {
+    let ns = TestNamespace::new("repair-lift").await;
+    let nodes = NodeGroup::new(&ns.client, "repair-lift", &FOUR_ZONES[..3], 0).await;
+    let _operator = Operator::with_crd(&ns).await;
+    let spec = json!({
+        "replicas": 1,
+        "repair": {"nodeLostAfterSeconds": 10}
+    });
+    let api = create_service(&ns, &placed_service("web", nodes.placement(), spec)).await;
+    wait_available(&api, "web", 1, POD_TIMEOUT).await;
+    let lost = node_of(&slots(&ns, "web").await[&0][0]);
+
+    fault("node-lost", Some(&lost));
+    // The replacement keeps off the lost node and runs on another.
+    let keeps_off = |svc: &perennial::api::ResilientService| {
+        let s = status(svc);
+        let slot = s.replica_statuses.iter().find(|r| r.ordinal == 0);
+        slot.and_then(|r| r.avoid_node.clone())
+    };
+    wait_svc(
+        &api,
+        "web",
+        "slot 0 keeping off the lost node, Ready elsewhere",
+        NODE_LOST_TIMEOUT,
+        |svc| {
+            let ok =
+                keeps_off(svc).as_deref() == Some(lost.as_str()) && status(svc).ready_replicas == 1;
+            ok.then_some(()).ok_or_else(|| ledger(svc))
+        },
+    )
+    .await;
+    let replacement = slots(&ns, "web").await[&0][0].clone();
+    assert_ne!(node_of(&replacement), lost);
+
+    // Nothing of the service is on the node that comes back, and nothing else changes for
+    // it: the node's return alone must bring the pass that lifts the avoidance.
+    fault("node-back", Some(&lost));
+    wait_node_ready(&ns.client, &lost).await;
+    wait_svc(&api, "web", "the avoidance lifted", POD_TIMEOUT, |svc| {
+        keeps_off(svc)
+            .is_none()
+            .then_some(())
+            .ok_or_else(|| ledger(svc))
+    })
+    .await;
+    // The pod that runs is left alone: lifting the avoidance moves nothing.
+    let now = slots(&ns, "web").await[&0].clone();
+    assert_eq!(now.len(), 1, "{}", describe_all(&now));
+    assert_eq!(uid(&now[0]), uid(&replacement));
 }

@@ -155,6 +155,12 @@ pub struct RolloutStatus {
 }
 
 impl ResilientServiceStatus {
+    /// Whether a slot's next pod keeps off `node`: such a service must hear of the node
+    /// coming back, though none of its pods is there, or the avoidance outlives the loss.
+    pub fn keeps_off(&self, node: &str) -> bool {
+        (self.replica_statuses.iter()).any(|r| r.avoid_node.as_deref() == Some(node))
+    }
+
     /// Whether `other` records what this status records: the generation, the revisions, the
     /// conditions' status and reason, the rollout, and each slot's ledger (repairs,
     /// escalation, avoided node, last failure). What differs then is only what the next

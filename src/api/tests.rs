@@ -344,3 +344,23 @@ fn only_what_each_pass_derives_again_carries_no_decision() {
         assert!(!base.records_as(&other), "{other:?}");
     }
 }
+
+#[test]
+fn a_service_keeps_off_a_node_only_while_a_slot_of_its_ledger_avoids_it() {
+    let slot = |ordinal: i32, avoid: Option<&str>| ReplicaStatus {
+        ordinal,
+        node: Some("n9".into()),
+        avoid_node: avoid.map(Into::into),
+        avoid_node_reason: avoid.map(|_| "NodeLost".into()),
+        ..Default::default()
+    };
+    let status = ResilientServiceStatus {
+        replica_statuses: vec![slot(0, None), slot(1, Some("n1"))],
+        ..Default::default()
+    };
+    assert!(status.keeps_off("n1"));
+    assert!(!status.keeps_off("n2"));
+    // The node a slot's pod runs on is not one it keeps off.
+    assert!(!status.keeps_off("n9"));
+    assert!(!ResilientServiceStatus::default().keeps_off("n1"));
+}
