@@ -83,6 +83,7 @@ mod checks;
 mod containers;
 mod faults;
 mod fleet;
+mod handshakes;
 mod monitor;
 mod nodes;
 mod pods;
@@ -345,6 +346,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
     let served = cluster_ip_service_of(&ns, &format!("{SERVED}-client"), SERVED).await;
     wait_serving(served, "v1").await;
     let traffic_origin = jiff::Timestamp::now() - origin.elapsed();
+    let handshakes = handshakes::Recorder::start(served);
     let client_traffic = Traffic::start(served, TRAFFIC_PER_SECOND);
     let setup = wall.elapsed();
     println!(
@@ -491,6 +493,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         w
     };
     let outside_windows = traffic::unexcused(&failed, &windows);
+    let (tracked, neighbour, untracked) = handshakes.stop();
 
     // Stop watching and the operators; read their output to the end.
     watch.abort();
@@ -713,6 +716,13 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         failed.len() - outside_windows.len(),
         windows.len(),
         outside_windows.len()
+    );
+    handshakes::report(
+        &tracked,
+        &neighbour,
+        &untracked,
+        &outside_windows,
+        traffic_origin,
     );
     println!(
         "containers on the real nodes (containerd's events): {} starts and {} ends of the soak's, read whole {} times; claims mounted by a running container: {:?}, most pods running on one at once: {}",
