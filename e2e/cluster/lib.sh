@@ -144,6 +144,8 @@ KUBE_PROXY_HEALTHZ_PORT=${KUBE_PROXY_HEALTHZ_PORT:-21300}
 KUBE_PROXY_METRICS_PORT=${KUBE_PROXY_METRICS_PORT:-21301}
 # The nftables table of our own that keeps pod traffic on the machine.
 GUARD_TABLE=perennial_guard
+# What the guard writes in the kernel's log before each packet it drops.
+GUARD_LOG_PREFIX="perennial-guard: "
 # Image pulls go to a proxy address where nothing listens: no pull ever leaves the machine.
 NO_PULL_PROXY=http://127.0.0.1:9
 

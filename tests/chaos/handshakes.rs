@@ -6,7 +6,7 @@
 //! nodes do; without them the report says what is missing and judges nothing less.
 
 use super::*;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
@@ -198,17 +198,38 @@ pub(crate) fn describe(c: Option<&Connection>, neighbour: &[(f64, String)]) -> S
     )
 }
 
+/// What the recorders saw, once stopped.
+pub(crate) struct Recorded {
+    pub(crate) connections: Connections,
+    pub(crate) neighbour: Vec<(f64, String)>,
+    pub(crate) missing: Vec<String>,
+    /// Packets the network guard dropped while the recorders ran, if its counters could be
+    /// read: any at all is a packet of the cluster's that was routed off its devices.
+    pub(crate) guard_drops: Option<u64>,
+    pub(crate) files: Vec<PathBuf>,
+}
+
 /// The report's lines: how the client's connections went as a whole, and for each request
 /// failed outside every fault window, where its connection went and how far it got.
-pub(crate) fn report(
-    tracked: &Connections,
-    neighbour: &[(f64, String)],
-    missing: &[String],
-    unexcused: &[traffic::Failure],
-    origin: jiff::Timestamp,
-) {
-    if !missing.is_empty() {
-        println!("client connections: not recorded ({})", missing.join("; "));
+pub(crate) fn report(r: &Recorded, unexcused: &[traffic::Failure], origin: jiff::Timestamp) {
+    let (tracked, neighbour) = (&r.connections, r.neighbour.as_slice());
+    match r.guard_drops {
+        Some(0) => println!("packets the network guard dropped: 0"),
+        Some(n) => {
+            println!(
+                "packets the network guard dropped: {n}; its latest lines in the kernel's log:"
+            );
+            for line in guard_log(10) {
+                println!("  {line}");
+            }
+        }
+        None => println!("packets the network guard dropped: its counters could not be read"),
+    }
+    if !r.missing.is_empty() {
+        println!(
+            "client connections: not recorded ({})",
+            r.missing.join("; ")
+        );
         return;
     }
     let all = tracked.all();
@@ -226,6 +247,7 @@ pub(crate) fn report(
         slow.iter().copied().fold(0.0, f64::max),
         tracked.events_lost
     );
+    println!("  every event: {:?}", r.files);
     let origin = origin.as_duration().as_secs_f64();
     for f in unexcused {
         println!(
@@ -249,6 +271,43 @@ pub(crate) struct Recorder {
     pub(crate) neighbour: Arc<Mutex<Vec<(f64, String)>>>,
     /// Why a recorder could not start, if one could not.
     pub(crate) missing: Vec<String>,
+    /// The packets the network guard had dropped when the recorders started.
+    guard_drops_before: Option<u64>,
+    /// Where every event line is kept for a person to read after the run.
+    pub(crate) files: Vec<PathBuf>,
+}
+
+/// The network guard's table (e2e/cluster/realnet) and the prefix of its kernel log lines.
+const GUARD_TABLE: &str = "perennial_guard";
+const GUARD_LOG_PREFIX: &str = "perennial-guard: ";
+
+/// The packets the guard's counted rules have dropped since the cluster started.
+fn guard_drops() -> Option<u64> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", GUARD_TABLE])
+        .output()
+        .ok()?;
+    out.status.success().then_some(())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let mut total = 0;
+    while let Some(w) = words.next() {
+        if w == "packets" {
+            total += words.next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
+}
+
+/// The guard's latest lines in the kernel's log: the packets it dropped, whole.
+fn guard_log(last: usize) -> Vec<String> {
+    let out = Command::new("dmesg").output().ok();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let lines: Vec<String> = (text.unwrap_or_default().lines())
+        .filter(|l| l.contains(GUARD_LOG_PREFIX))
+        .map(str::to_string)
+        .collect();
+    lines[lines.len().saturating_sub(last)..].to_vec()
 }
 
 fn now_epoch() -> f64 {
@@ -263,7 +322,22 @@ impl Recorder {
             connections: Arc::default(),
             neighbour: Arc::default(),
             missing: Vec::new(),
+            guard_drops_before: guard_drops(),
+            files: Vec::new(),
         };
+        let dir = repo_root().join("target/chaos-network");
+        let _ = std::fs::create_dir_all(&dir);
+        let stamp = jiff::Timestamp::now().as_second();
+        let keep = |name: &str, files: &mut Vec<PathBuf>| {
+            let path = dir.join(format!("{name}-{stamp}.log"));
+            let file = std::fs::File::create(&path).ok();
+            if file.is_some() {
+                files.push(path);
+            }
+            Mutex::new(file.map(std::io::BufWriter::new))
+        };
+        let conntrack_file = keep("conntrack", &mut r.files);
+        let neighbour_file = keep("neighbour", &mut r.files);
         let (ip, port) = (service.ip().to_string(), service.port().to_string());
         let conntrack = [
             "-E",
@@ -278,11 +352,18 @@ impl Recorder {
         .chain(["-o", "timestamp", "--buffer-size", EVENT_BUFFER_BYTES]);
         let connections = r.connections.clone();
         r.follow("conntrack", conntrack, move |line| {
+            if let Some(f) = lock(&conntrack_file).as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             lock(&connections).line(&line)
         });
         let neighbour = r.neighbour.clone();
         r.follow("ip", ["monitor", "neigh"].into_iter(), move |line| {
-            lock(&neighbour).push((now_epoch(), line))
+            let at = now_epoch();
+            if let Some(f) = lock(&neighbour_file).as_mut() {
+                let _ = writeln!(f, "[{at:.6}] {line}");
+            }
+            lock(&neighbour).push((at, line))
         });
         r
     }
@@ -321,7 +402,7 @@ impl Recorder {
     }
 
     /// Stops both recorders and waits for what they printed.
-    pub(crate) fn stop(mut self) -> (Connections, Vec<(f64, String)>, Vec<String>) {
+    pub(crate) fn stop(mut self) -> Recorded {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -329,9 +410,14 @@ impl Recorder {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        let connections = std::mem::take(&mut *lock(&self.connections));
-        let neighbour = std::mem::take(&mut *lock(&self.neighbour));
-        (connections, neighbour, std::mem::take(&mut self.missing))
+        Recorded {
+            connections: std::mem::take(&mut *lock(&self.connections)),
+            neighbour: std::mem::take(&mut *lock(&self.neighbour)),
+            missing: std::mem::take(&mut self.missing),
+            guard_drops: (guard_drops().zip(self.guard_drops_before))
+                .map(|(after, before)| after.saturating_sub(before)),
+            files: std::mem::take(&mut self.files),
+        }
     }
 }
 

@@ -493,7 +493,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         w
     };
     let outside_windows = traffic::unexcused(&failed, &windows);
-    let (tracked, neighbour, untracked) = handshakes.stop();
+    let network = handshakes.stop();
 
     // Stop watching and the operators; read their output to the end.
     watch.abort();
@@ -717,13 +717,7 @@ async fn seeded_chaos_breaks_no_invariant_and_every_service_recovers() {
         windows.len(),
         outside_windows.len()
     );
-    handshakes::report(
-        &tracked,
-        &neighbour,
-        &untracked,
-        &outside_windows,
-        traffic_origin,
-    );
+    handshakes::report(&network, &outside_windows, traffic_origin);
     println!(
         "containers on the real nodes (containerd's events): {} starts and {} ends of the soak's, read whole {} times; claims mounted by a running container: {:?}, most pods running on one at once: {}",
         runtime.starts,
