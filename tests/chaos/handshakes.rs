@@ -266,15 +266,15 @@ const SLOW_ANSWER: f64 = 0.5;
 pub(crate) struct Recorder {
     children: Vec<Child>,
     readers: Vec<std::thread::JoinHandle<()>>,
-    pub(crate) connections: Arc<Mutex<Connections>>,
+    connections: Arc<Mutex<Connections>>,
     /// Neighbour events, with the time they were read.
-    pub(crate) neighbour: Arc<Mutex<Vec<(f64, String)>>>,
+    neighbour: Arc<Mutex<Vec<(f64, String)>>>,
     /// Why a recorder could not start, if one could not.
-    pub(crate) missing: Vec<String>,
+    missing: Vec<String>,
     /// The packets the network guard had dropped when the recorders started.
     guard_drops_before: Option<u64>,
     /// Where every event line is kept for a person to read after the run.
-    pub(crate) files: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 /// The network guard's table (e2e/cluster/realnet) and the prefix of its kernel log lines.
@@ -401,12 +401,18 @@ impl Recorder {
         self.children.push(child);
     }
 
-    /// Stops both recorders and waits for what they printed.
-    pub(crate) fn stop(mut self) -> Recorded {
-        for c in &mut self.children {
+    /// Ends both recorders' processes; their readers then reach the end of their output.
+    fn end_children(&mut self) {
+        for c in self.children.drain(..) {
+            let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops both recorders and waits for what they printed.
+    pub(crate) fn stop(mut self) -> Recorded {
+        self.end_children();
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
@@ -423,10 +429,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.end_children();
     }
 }
 
