@@ -24,8 +24,8 @@ use crate::api::{ResilientService, LABEL_SERVICE};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
-    claim_service_key, controller_uid, index_event, observe, pod_node, trim_service, trim_slice,
-    CachedPod, Caches, Heartbeats, OwnerIndex, SliceIndex,
+    claim_service_key, controller_uid, heartbeat_changes, index_event, node_news, observe,
+    pod_node, trim_service, trim_slice, CachedPod, Caches, Heartbeats, OwnerIndex, SliceIndex,
 };
 use crate::own_writes::OwnWrites;
 use crate::status_writes::StatusWrites;
@@ -149,6 +149,24 @@ fn indexed<K>(
 where
     K: Cacheable,
 {
+    let (reader, events) = reflected(api, config, trim, index);
+    (reader, events.touched_objects())
+}
+
+/// A trimmed cache, indexed as `indexed` does, whose watch events are passed on whole:
+/// what was deleted, and where a list begins and ends, are told apart.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    index: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+)
+where
+    K: Cacheable,
+{
     let (reader, writer) = reflector::store();
     let events = watcher(api, config)
         .modify(move |o: &mut K| {
@@ -160,9 +178,8 @@ where
                 index(e);
             }
         });
-    let stream = reflector::reflector(writer, events)
-        .backoff(crate::backoff::WatchBackoff::default())
-        .touched_objects();
+    let stream =
+        reflector::reflector(writer, events).backoff(crate::backoff::WatchBackoff::default());
     (reader, stream)
 }
 
@@ -224,7 +241,12 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     // A user's own Service may serve as the headless Service, so every Service is cached.
     let (services, service_events) =
         cached(api::<Service>(&client, ns), watcher::Config::default());
-    let (nodes, node_events) = cached(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let (nodes, node_events) = reflected(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        |_| {},
+        |_| {},
+    );
     let (leases, lease_events) = cached(
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         watcher::Config::default(),
@@ -363,7 +385,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             let ns = s.namespace()?;
             Some(ObjectRef::new(&s.name_any()).within(&ns))
         })
-        .watches_stream(node_news(node_events, nodes.clone()), node_to_services)
+        .watches_stream(node_news(node_events), node_to_services)
         // Renewals are not news; a node that falls silent or wakes up is (below).
         .watches_stream(lease_events, |_: Lease| None::<ObjectRef<ResilientService>>)
         .watches_stream(volume_events, |_: PersistentVolume| {
@@ -393,7 +415,8 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                // A completed pass is logged inside it (reconcile), with its trigger.
+                Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
             }
         });
@@ -447,85 +470,6 @@ async fn sweep_deleted(
     }
 }
 
-/// How often node heartbeats are checked. A dead node sends no event; this turns its
-/// silence into one once a renewal is missed (health::SUSPECT_AFTER_SECONDS, the floor of
-/// spec.repair.nodeLostAfterSeconds), and services then requeue at their own threshold.
-/// A live node whose renewal is merely due is not news: at 10 s every node would flap
-/// silent and back on each renewal, reconciling every service with a pod there.
-const HEARTBEAT_CHECK: Duration = Duration::from_secs(1);
-
-/// Emits a node each time its heartbeat goes silent or comes back.
-fn heartbeat_changes(
-    nodes: Store<Node>,
-    leases: Store<Lease>,
-    heartbeats: Heartbeats,
-) -> impl Stream<Item = Result<Node, watcher::Error>> + Send {
-    let ticks = tokio_stream_interval(HEARTBEAT_CHECK);
-    let mut silent: std::collections::HashSet<String> = Default::default();
-    ticks.flat_map(move |_| {
-        let now = jiff::Timestamp::now();
-        let mut changed = Vec::new();
-        for lease in leases.state() {
-            let name = lease.name_any();
-            let age = health::Heartbeat {
-                lease: Some(&lease),
-                heard: heartbeats.heard(&name, now),
-            }
-            .silence(now)
-            .unwrap_or(0);
-            let is_silent = age >= health::SUSPECT_AFTER_SECONDS;
-            let was_silent = silent.contains(&name);
-            if is_silent != was_silent {
-                if is_silent {
-                    silent.insert(name.clone());
-                } else {
-                    silent.remove(&name);
-                }
-                if let Some(node) = nodes.get(&ObjectRef::new(&name)) {
-                    changed.push(Ok(node.as_ref().clone()));
-                }
-            }
-        }
-        futures::stream::iter(changed)
-    })
-}
-
-/// The node events that matter: a change of what the operator judges a node by, or its
-/// deletion. Status heartbeats rewrite every Node every few seconds; passed on, each one
-/// would reconcile every service with a pod there.
-fn node_news(
-    events: impl Stream<Item = Result<Node, watcher::Error>> + Send,
-    store: Store<Node>,
-) -> impl Stream<Item = Result<Node, watcher::Error>> + Send {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    events.filter_map(move |event| {
-        let news = match event {
-            Ok(node) => {
-                let name = node.name_any();
-                // The store is written before the event is passed on: a node it no longer
-                // holds was deleted.
-                if store.get(&ObjectRef::new(&name)).is_none() {
-                    seen.remove(&name);
-                    Some(Ok(node))
-                } else {
-                    let print = health::node_fingerprint(&node);
-                    (seen.insert(name, print) != Some(print)).then_some(Ok(node))
-                }
-            }
-            Err(e) => Some(Err(e)),
-        };
-        futures::future::ready(news)
-    })
-}
-
-/// A stream that yields every `period`.
-fn tokio_stream_interval(period: Duration) -> impl Stream<Item = ()> + Send {
-    futures::stream::unfold(tokio::time::interval(period), |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    })
-}
-
 async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     ctx.metrics.reconciles_in_flight.inc();
     let started = std::time::Instant::now();
@@ -535,6 +479,9 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
     let label = if result.is_ok() { "ok" } else { "error" };
+    // Logged here, inside the runtime's span, so the line names what triggered the pass.
+    let next = result.as_ref().ok();
+    tracing::debug!(result = label, next = ?next, "reconciled");
     ctx.metrics
         .reconciles
         .get_or_create(&crate::metrics::ResultLabel {

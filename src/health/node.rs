@@ -63,6 +63,19 @@ impl Heartbeat<'_> {
             None => by_lease,
         })
     }
+
+    /// Milliseconds the node has been silent at `now`, by the same rule. Whether a silence
+    /// has begun is told from this: in whole seconds of both ends, a renewal 11.1 s old can
+    /// read as 12, and a busy cluster's renewals, 10 to 11 s apart, would each turn a live
+    /// node silent and back, a pass of every service with a pod there each time.
+    pub fn silence_ms(&self, now: Timestamp) -> Option<i64> {
+        let renewed = self.lease?.spec.as_ref()?.renew_time.as_ref()?.0;
+        let by_lease = now.as_millisecond() - renewed.as_millisecond();
+        Some(match self.heard {
+            Some(heard) => by_lease.min(now.as_millisecond() - heard.as_millisecond()),
+            None => by_lease,
+        })
+    }
 }
 
 /// Judges a node (None: the Node object is gone) at `now`, given its heartbeat.
@@ -422,6 +435,28 @@ mod tests {
         let unready = node_unready_since(NOW - 4);
         let h = seconds_until_lost(Some(&unready), beat(&lease(NOW - 1)), at(NOW), 30);
         assert_eq!(h, Some(26));
+    }
+
+    #[test]
+    fn a_renewal_11_s_old_is_no_silence_though_its_whole_seconds_read_12() {
+        let ms = |t: i64| Timestamp::from_millisecond(t).unwrap();
+        // Renewed at .9 of a second, looked at 11.2 s later, at .1 of a second.
+        let renewed = (NOW - 12) * 1000 + 900;
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "namespace": "kube-node-lease"},
+            "spec": {"renewTime": ms(renewed).to_string()}
+        }))
+        .unwrap();
+        let now = ms(NOW * 1000 + 100);
+        assert_eq!(beat(&lease).silence(now), Some(12));
+        assert_eq!(beat(&lease).silence_ms(now), Some(11_200));
+        // Seen by the operator's watch only 10.5 s ago: that is the silence.
+        let heard = Heartbeat {
+            lease: Some(&lease),
+            heard: Some(ms(NOW * 1000 - 10_400)),
+        };
+        assert_eq!(heard.silence_ms(now), Some(10_500));
+        assert!(heard.silence_ms(now).unwrap() < SUSPECT_AFTER_SECONDS * 1000);
     }
 
     fn node_unready_since(since: i64) -> Node {

@@ -5,11 +5,13 @@ mod cached_condition;
 mod cached_pod;
 mod endpoints;
 mod heartbeats;
+mod node_events;
 mod owners;
 
 pub use cached_pod::CachedPod;
 pub use endpoints::{trim_slice, SliceIndex};
 pub use heartbeats::Heartbeats;
+pub use node_events::{heartbeat_changes, node_news};
 pub use owners::{controller_uid, index_event, OwnerIndex};
 
 use std::collections::BTreeMap;

@@ -136,6 +136,19 @@ fn writes(verbs: &BTreeMap<String, u64>) -> u64 {
 }
 
 /// The p-quantile of a Prometheus histogram, as the upper bound of the bucket it falls in.
+/// Reconcile passes the operator has finished, whatever their result.
+fn reconciles(text: &str) -> f64 {
+    ["ok", "error"]
+        .iter()
+        .filter_map(|r| {
+            metric(
+                text,
+                &format!("perennial_reconciles_total{{result=\"{r}\"}}"),
+            )
+        })
+        .sum()
+}
+
 fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
     let buckets: Vec<(f64, f64)> = text
         .lines()
@@ -306,10 +319,12 @@ async fn bench_scale_many_services() {
     let converged = t0.elapsed();
     let a1 = audit_len();
     let (_, _, cpu1) = process_figures(op.child.id());
+    let passes1 = reconciles(&scrape(&addr).await);
     tokio::time::sleep(steady).await; // a measuring window, not a wait for a condition
     let a2 = audit_len();
     let (rss, peak, cpu2) = process_figures(op.child.id());
     let text = scrape(&addr).await;
+    let steady_passes = reconciles(&text) - passes1;
     let p50 = histogram_quantile(&text, "perennial_reconcile_duration_seconds", 0.5);
     let p99 = histogram_quantile(&text, "perennial_reconcile_duration_seconds", 0.99);
     let ours = ["perennial-operator"];
@@ -332,6 +347,7 @@ async fn bench_scale_many_services() {
         "writes_by_resource": converging.writes_by_resource,
         "writes_converging": ours_row.writes, "event_writes_converging": ours_row.event_writes,
         "steady_writes": ours_row.steady_writes, "steady_seconds": steady.as_secs(),
+        "steady_reconciles": steady_passes,
         "reconcile_p50_s_upper_bound": p50, "reconcile_p99_s_upper_bound": p99,
         "peak_rss_kib_per_pod": peak * 1024.0 / pods_total as f64,
         "cpu_ms_per_pod_converging": ours_row.cpu_converging * 1000.0 / pods_total as f64,
