@@ -39,6 +39,8 @@ pub(crate) struct Connection {
     pub(crate) reset: bool,
     /// How long from the SYN to the pod's answer, when it answered.
     pub(crate) answered_after: Option<f64>,
+    /// When conntrack dropped the entry, if it did while recorded.
+    pub(crate) ended: Option<f64>,
 }
 
 /// One line of `conntrack -E -o timestamp`, as far as the report needs it.
@@ -118,6 +120,7 @@ impl Connections {
                     reached: Reached::SynSent,
                     reset: false,
                     answered_after: None,
+                    ended: None,
                 },
             );
             return;
@@ -140,7 +143,8 @@ impl Connections {
             c.reset = true;
         }
         if e.kind == "DESTROY" {
-            let c = self.open.remove(&e.port).expect("an open connection");
+            let mut c = self.open.remove(&e.port).expect("an open connection");
+            c.ended = Some(e.at);
             self.done.push(c);
         }
     }
@@ -165,10 +169,43 @@ pub(crate) fn connection_of(all: &[Connection], sent: f64) -> Option<&Connection
         .find(|c| c.reached != Reached::Established)
 }
 
-/// What happened to one failed request, in a line of the report.
-pub(crate) fn describe(c: Option<&Connection>, neighbour: &[(f64, String)]) -> String {
+/// The longest an unanswered SYN's entry lives: the kernel's default, which a cluster may
+/// lower (e2e/cluster/realnet does).
+const SYN_SENT_LIFETIME: f64 = 120.0;
+
+/// Connections whose SYN was never answered and whose entry was still in the table at
+/// `sent`. A new SYN from the same source port matches such an entry, keeps its translation
+/// to the pod it named, and begins no connection of its own: the request goes to that pod.
+pub(crate) fn unanswered_then(all: &[Connection], sent: f64) -> Vec<&Connection> {
+    (all.iter())
+        .filter(|c| c.reached == Reached::SynSent && !c.reset)
+        .filter(|c| c.at < sent && sent - c.at <= SYN_SENT_LIFETIME)
+        .filter(|c| c.ended.is_none_or(|end| end > sent))
+        .collect()
+}
+
+/// What happened to one failed request sent at `sent`, in a line of the report.
+pub(crate) fn describe(
+    c: Option<&Connection>,
+    unanswered: &[&Connection],
+    sent: f64,
+    neighbour: &[(f64, String)],
+) -> String {
     let Some(c) = c else {
-        return "no tracked connection began then (the SYN never reached conntrack, or its events were lost)".into();
+        let mut line = "no tracked connection began then (the SYN never reached conntrack, matched an entry already there, or its events were lost)".to_string();
+        if let (Some(oldest), Some(newest)) = (unanswered.first(), unanswered.last()) {
+            let mut backends: Vec<&str> = unanswered.iter().map(|c| c.backend.as_str()).collect();
+            backends.sort();
+            backends.dedup();
+            line += &format!(
+                "; {} unanswered SYNs were still in the table, sent {:.1} to {:.1} s before, to {}: a SYN from one of their source ports goes there again",
+                unanswered.len(),
+                sent - oldest.at,
+                sent - newest.at,
+                backends.join(", ")
+            );
+        }
+        return line;
     };
     let how = match (c.reached, c.reset) {
         (Reached::SynSent, true) => "reset before the pod answered".to_string(),
@@ -254,7 +291,12 @@ pub(crate) fn report(r: &Recorded, unexcused: &[traffic::Failure], origin: jiff:
             "  t={:.1}s {}: {}",
             f.at,
             f.why,
-            describe(connection_of(&all, origin + f.at), neighbour)
+            describe(
+                connection_of(&all, origin + f.at),
+                &unanswered_then(&all, origin + f.at),
+                origin + f.at,
+                neighbour
+            )
         );
     }
 }
@@ -497,7 +539,7 @@ mod tests {
             (9.5, "10.214.0.6 dev pnbr0 FAILED".to_string()),
             (30.0, "10.214.0.5 dev pnbr0 FAILED".to_string()),
         ];
-        let said = describe(connection_of(&all, 10.09), &neighbour);
+        let said = describe(connection_of(&all, 10.09), &[], 10.09, &neighbour);
         assert!(
             said.contains("to 10.214.0.5: its SYN was never answered"),
             "{said}"
@@ -510,6 +552,39 @@ mod tests {
             !said.contains("10.214.0.6") && !said.contains("FAILED"),
             "{said}"
         );
-        assert!(describe(None, &neighbour).starts_with("no tracked connection"));
+        assert!(describe(None, &[], 11.0, &neighbour).starts_with("no tracked connection"));
+    }
+
+    #[test]
+    fn a_request_with_no_connection_of_its_own_names_the_unanswered_syns_still_in_the_table() {
+        let mut c = Connections::default();
+        for l in [
+            // Sent while a dead pod was still a backend, never answered.
+            line("100.0", "NEW", "SYN_SENT", 2000, "10.214.0.21"),
+            line("100.5", "NEW", "SYN_SENT", 2010, "10.214.0.21"),
+            // Answered at once: not a trap for a later SYN.
+            line("101.0", "NEW", "SYN_SENT", 2020, "10.214.0.26"),
+            line("101.001", "UPDATE", "ESTABLISHED", 2020, "10.214.0.26"),
+            // Unanswered, but its entry went before the request.
+            line("102.0", "NEW", "SYN_SENT", 2030, "10.214.0.22"),
+            line("140.0", "DESTROY", "SYN_SENT", 2030, "10.214.0.22"),
+        ] {
+            c.line(&l);
+        }
+        let all = c.all();
+        let sent = 156.0;
+        assert_eq!(connection_of(&all, sent), None);
+        let then = unanswered_then(&all, sent);
+        assert_eq!(
+            then.iter().map(|c| c.port).collect::<Vec<_>>(),
+            [2000, 2010]
+        );
+        let said = describe(None, &then, sent, &[]);
+        assert!(
+            said.contains("2 unanswered SYNs were still in the table, sent 56.0 to 55.5 s before, to 10.214.0.21"),
+            "{said}"
+        );
+        // Past the entries' lifetime, nothing is named.
+        assert!(unanswered_then(&all, 100.0 + SYN_SENT_LIFETIME + 1.0).is_empty());
     }
 }
