@@ -56,12 +56,7 @@ impl Heartbeat<'_> {
     /// back every Lease looks as old as the outage. Silence the operator did not witness
     /// through a working watch does not count.
     pub fn silence(&self, now: Timestamp) -> Option<i64> {
-        let renewed = self.lease?.spec.as_ref()?.renew_time.as_ref()?.0;
-        let by_lease = now.as_second() - renewed.as_second();
-        Some(match self.heard {
-            Some(heard) => by_lease.min(now.as_second() - heard.as_second()),
-            None => by_lease,
-        })
+        self.silence_in(now, Timestamp::as_second)
     }
 
     /// Milliseconds the node has been silent at `now`, by the same rule. Whether a silence
@@ -69,10 +64,16 @@ impl Heartbeat<'_> {
     /// read as 12, and a busy cluster's renewals, 10 to 11 s apart, would each turn a live
     /// node silent and back, a pass of every service with a pod there each time.
     pub fn silence_ms(&self, now: Timestamp) -> Option<i64> {
+        self.silence_in(now, Timestamp::as_millisecond)
+    }
+
+    /// The silence at `now` in the unit `count` reads a time in: the younger of the
+    /// renewal and the moment the operator heard it.
+    fn silence_in(&self, now: Timestamp, count: fn(Timestamp) -> i64) -> Option<i64> {
         let renewed = self.lease?.spec.as_ref()?.renew_time.as_ref()?.0;
-        let by_lease = now.as_millisecond() - renewed.as_millisecond();
+        let by_lease = count(now) - count(renewed);
         Some(match self.heard {
-            Some(heard) => by_lease.min(now.as_millisecond() - heard.as_millisecond()),
+            Some(heard) => by_lease.min(count(now) - count(heard)),
             None => by_lease,
         })
     }

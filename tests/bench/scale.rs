@@ -135,7 +135,6 @@ fn writes(verbs: &BTreeMap<String, u64>) -> u64 {
         .sum()
 }
 
-/// The p-quantile of a Prometheus histogram, as the upper bound of the bucket it falls in.
 /// Reconcile passes the operator has finished, whatever their result.
 fn reconciles(text: &str) -> f64 {
     ["ok", "error"]
@@ -149,6 +148,7 @@ fn reconciles(text: &str) -> f64 {
         .sum()
 }
 
+/// The p-quantile of a Prometheus histogram, as the upper bound of the bucket it falls in.
 fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
     let buckets: Vec<(f64, f64)> = text
         .lines()
