@@ -25,7 +25,8 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
     claim_service_key, controller_uid, heartbeat_changes, index_event, node_news, observe,
-    pod_node, trim_service, trim_slice, CachedPod, Caches, Heartbeats, OwnerIndex, SliceIndex,
+    pod_node, trim_service, trim_slice, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex,
+    SliceIndex,
 };
 use crate::own_writes::OwnWrites;
 use crate::status_writes::StatusWrites;
@@ -247,16 +248,28 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         |_| {},
         |_| {},
     );
-    let (leases, lease_events) = cached(
+    let node_facts = NodeFactsCache::default();
+    let facts = node_facts.clone();
+    let node_events = node_events.inspect(move |_| facts.node_changed());
+    let (leases, lease_events) = reflected(
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         watcher::Config::default(),
+        |_| {},
+        |_| {},
     );
     let heartbeats = Heartbeats::default();
     let book = heartbeats.clone();
-    let lease_events = lease_events.inspect(move |event| match event {
-        Ok(lease) => book.saw(lease, jiff::Timestamp::now()),
-        Err(_) => book.lost_sight(),
-    });
+    let lease_events = lease_events
+        .inspect(move |event| match event {
+            Ok(
+                watcher::Event::Apply(lease)
+                | watcher::Event::InitApply(lease)
+                | watcher::Event::Delete(lease),
+            ) => book.saw(lease, jiff::Timestamp::now()),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => book.listed(),
+            Err(_) => book.lost_sight(),
+        })
+        .touched_objects();
     let (volumes, volume_events) = cached(
         Api::<PersistentVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -289,6 +302,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         leases: leases.clone(),
         volumes,
         heartbeats: heartbeats.clone(),
+        node_facts,
         slices,
         slice_index,
         pods_by_owner,

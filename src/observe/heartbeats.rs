@@ -25,6 +25,8 @@ struct Book {
     sight_since: Option<Timestamp>,
     /// The watch failed and has delivered nothing since.
     blind: bool,
+    /// Moves with each Lease seen and each change of sight (`generation`).
+    generation: u64,
 }
 
 impl Heartbeats {
@@ -49,11 +51,34 @@ impl Heartbeats {
         if entry.0 != renewed {
             *entry = (renewed, now);
         }
+        // Every Lease event moves it, a deletion too: the Lease cache changed with it.
+        book.generation += 1;
     }
 
     /// Records that the watch failed at `now`: nothing can be heard until it delivers again.
     pub fn lost_sight(&self) {
-        self.book().blind = true;
+        let mut book = self.book();
+        if !book.blind {
+            book.blind = true;
+            book.generation += 1;
+        }
+    }
+
+    /// Records that the Lease cache began or finished taking a new list: the Leases read
+    /// before are not the ones now.
+    pub fn listed(&self) {
+        self.book().generation += 1;
+    }
+
+    /// Whether the watch is failing: every node then counts as heard at each moment.
+    pub fn blind(&self) -> bool {
+        self.book().blind
+    }
+
+    /// A count that moves with each Lease event and each change of sight: what was read
+    /// of the Leases and of `heard` stays true until it moves.
+    pub fn generation(&self) -> u64 {
+        self.book().generation
     }
 
     /// For `node`, the moment from which its silence counts at `now`: when its current
@@ -114,5 +139,30 @@ mod tests {
         beats.saw(&lease("n2", 25), at(25));
         assert_eq!(beats.heard("n1", at(30)), Some(at(25)));
         assert_eq!(beats.heard("n2", at(30)), Some(at(25)));
+    }
+
+    #[test]
+    fn the_generation_moves_with_each_lease_event_a_list_and_a_loss_of_sight() {
+        let beats = Heartbeats::default();
+        let mut last = beats.generation();
+        let mut moved = |beats: &Heartbeats| {
+            let now = beats.generation();
+            let moved = now != last;
+            last = now;
+            moved
+        };
+        beats.saw(&lease("n1", 0), at(0));
+        assert!(moved(&beats));
+        // The same renewal again (a deletion carries the last one): the cache changed.
+        beats.saw(&lease("n1", 0), at(1));
+        assert!(moved(&beats));
+        beats.listed();
+        assert!(moved(&beats));
+        beats.lost_sight();
+        assert!(moved(&beats) && beats.blind());
+        beats.lost_sight();
+        assert!(!moved(&beats), "blind already: nothing heard changes");
+        beats.saw(&lease("n1", 5), at(6));
+        assert!(moved(&beats) && !beats.blind());
     }
 }

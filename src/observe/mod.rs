@@ -6,12 +6,14 @@ mod cached_pod;
 mod endpoints;
 mod heartbeats;
 mod node_events;
+mod node_facts;
 mod owners;
 
 pub use cached_pod::CachedPod;
 pub use endpoints::{trim_slice, SliceIndex};
 pub use heartbeats::Heartbeats;
 pub use node_events::{heartbeat_changes, node_news};
+pub use node_facts::{NodeFacts, NodeFactsCache};
 pub use owners::{controller_uid, index_event, OwnerIndex};
 
 use std::collections::BTreeMap;
@@ -43,6 +45,8 @@ pub struct Caches {
     pub volumes: Store<PersistentVolume>,
     /// What the operator itself has seen of the node leases.
     pub heartbeats: Heartbeats,
+    /// The nodes and their heartbeats as the passes read them, built once per change.
+    pub node_facts: NodeFactsCache,
     /// EndpointSlices (trimmed), and the index by pod the slice watch keeps of them.
     pub slices: Store<EndpointSlice>,
     pub slice_index: SliceIndex,
@@ -111,14 +115,10 @@ pub struct Observed {
     pub service: Option<Arc<Service>>,
     /// The PodDisruptionBudget the service controls.
     pub budget: Option<Arc<PodDisruptionBudget>>,
-    /// Nodes by name.
-    pub nodes: BTreeMap<String, Arc<Node>>,
-    /// Node leases by node name.
-    pub leases: BTreeMap<String, Arc<Lease>>,
+    /// The cluster's nodes, their Leases and heartbeats, shared by the passes.
+    pub nodes: Arc<NodeFacts>,
     /// The volumes bound to the service's claims, by name.
     pub volumes: BTreeMap<String, Arc<PersistentVolume>>,
-    /// Per node, the moment from which its silence counts (see Heartbeats::heard).
-    pub heard: BTreeMap<String, jiff::Timestamp>,
     /// For each node whose fence record names this service, the pods of ours (of every
     /// service the pod cache holds) bound to it: what its fence may still be needed for.
     pub pods_on_fenced_nodes: BTreeMap<String, Vec<Arc<Pod>>>,
@@ -161,19 +161,8 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
         .into_iter()
         .filter(|c| labelled(c.meta()))
         .collect();
-    let leases: BTreeMap<String, Arc<Lease>> = caches
-        .leases
-        .state()
-        .into_iter()
-        .map(|l| (l.name_any(), l))
-        .collect();
     let now = jiff::Timestamp::now();
-    let nodes: BTreeMap<String, Arc<Node>> = caches
-        .nodes
-        .state()
-        .into_iter()
-        .map(|n| (n.name_any(), n))
-        .collect();
+    let nodes = (caches.node_facts).get(&caches.nodes, &caches.leases, &caches.heartbeats, now);
     let pods_on_fenced_nodes = pods_on_fenced_nodes(svc, &nodes, caches);
     let volumes = claims
         .iter()
@@ -210,11 +199,6 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             .filter(|b| controlled(b.meta())),
         nodes,
         pods_on_fenced_nodes,
-        heard: leases
-            .keys()
-            .filter_map(|n| Some((n.clone(), caches.heartbeats.heard(n, now)?)))
-            .collect(),
-        leases,
         volumes,
         gates_opened: Default::default(),
     }
@@ -254,26 +238,19 @@ fn drains(namespace: &str, pods: &[Arc<Pod>], caches: &Caches, now: jiff::Timest
 /// The pod cache is read only when there is such a node.
 fn pods_on_fenced_nodes(
     svc: &ResilientService,
-    nodes: &BTreeMap<String, Arc<Node>>,
+    nodes: &NodeFacts,
     caches: &Caches,
 ) -> BTreeMap<String, Vec<Arc<Pod>>> {
-    let key = build::service_key(svc);
-    let mut out: BTreeMap<String, Vec<Arc<Pod>>> = nodes
-        .iter()
-        .filter(|(_, n)| build::FenceRecord::of(n).is_some_and(|r| r.service == key))
-        .map(|(name, _)| (name.clone(), Vec::new()))
-        .collect();
-    if out.is_empty() {
-        return out;
-    }
-    for (node, on) in out.iter_mut() {
-        // The index hears of a change just before the store applies it.
-        *on = (caches.pods_by_node.owned(node, &caches.pods).into_iter())
-            .filter(|p| p.node_name() == Some(node.as_str()))
-            .map(|p| Arc::new(p.to_pod()))
-            .collect();
-    }
-    out
+    (nodes.fenced_by(&build::service_key(svc)).iter())
+        .map(|node| {
+            // The index hears of a change just before the store applies it.
+            let on = (caches.pods_by_node.owned(node, &caches.pods).into_iter())
+                .filter(|p| p.node_name() == Some(node.as_str()))
+                .map(|p| Arc::new(p.to_pod()))
+                .collect();
+            (node.clone(), on)
+        })
+        .collect()
 }
 
 #[cfg(test)]

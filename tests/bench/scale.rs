@@ -312,6 +312,7 @@ async fn bench_scale_many_services() {
     let op = Operator::start_with(&ns.name, &args);
     let addr = metrics_addr(&op).await;
     let (_, _, cpu0) = process_figures(op.child.id());
+    let passes0 = reconciles(&scrape(&addr).await);
     let a0 = audit_len();
     let t0 = Instant::now();
     create_many(&ns, Kind::Perennial, services, replicas, &group).await;
@@ -348,6 +349,7 @@ async fn bench_scale_many_services() {
         "writes_converging": ours_row.writes, "event_writes_converging": ours_row.event_writes,
         "steady_writes": ours_row.steady_writes, "steady_seconds": steady.as_secs(),
         "steady_reconciles": steady_passes,
+        "reconciles_converging": passes1 - passes0,
         "reconcile_p50_s_upper_bound": p50, "reconcile_p99_s_upper_bound": p99,
         "peak_rss_kib_per_pod": peak * 1024.0 / pods_total as f64,
         "cpu_ms_per_pod_converging": ours_row.cpu_converging * 1000.0 / pods_total as f64,

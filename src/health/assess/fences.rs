@@ -26,13 +26,12 @@ pub struct FenceView {
 /// The service's fences, by node name.
 pub fn fences(svc: &ResilientService, observed: &Observed, now: Timestamp) -> Vec<FenceView> {
     let key = service_key(svc);
-    observed
-        .nodes
-        .iter()
-        .filter_map(|(name, node)| {
+    (observed.nodes.fenced_by(&key).iter())
+        .filter_map(|name| {
+            let node = observed.nodes.node(name)?;
             let record = FenceRecord::of(node).filter(|r| r.service == key)?;
             let fenced_at = record.fenced_at();
-            let lease = observed.leases.get(name).map(|l| l.as_ref());
+            let lease = observed.nodes.lease(name);
             let pods_left = observed
                 .pods_on_fenced_nodes
                 .get(name)
@@ -97,12 +96,11 @@ mod tests {
     }
 
     fn observed(nodes: Vec<Arc<Node>>, renewed: i64) -> Observed {
+        let leases: Vec<_> = (nodes.iter())
+            .map(|n| lease(&n.name_any(), renewed))
+            .collect();
         Observed {
-            leases: nodes
-                .iter()
-                .map(|n| (n.name_any(), lease(&n.name_any(), renewed)))
-                .collect(),
-            nodes: nodes.into_iter().map(|n| (n.name_any(), n)).collect(),
+            nodes: facts(nodes, leases),
             ..Default::default()
         }
     }

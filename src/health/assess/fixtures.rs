@@ -65,3 +65,16 @@ pub fn lease(node: &str, renewed: i64) -> Arc<Lease> {
         .unwrap(),
     )
 }
+
+/// The node facts of `nodes` and `leases`, each known by its name; no heartbeat heard.
+pub fn facts(
+    nodes: impl IntoIterator<Item = Arc<Node>>,
+    leases: impl IntoIterator<Item = Arc<Lease>>,
+) -> Arc<crate::observe::NodeFacts> {
+    use kube::ResourceExt;
+    Arc::new(crate::observe::NodeFacts::new(
+        nodes.into_iter().map(|n| (n.name_any(), n)).collect(),
+        leases.into_iter().map(|l| (l.name_any(), l)).collect(),
+        Default::default(),
+    ))
+}

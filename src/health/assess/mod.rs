@@ -89,7 +89,8 @@ pub struct Assessment {
     pub service: ServiceState,
     /// None when missing; else whether it matches what we would build.
     pub budget_up_to_date: Option<bool>,
-    /// Failure domain of each node (value of the topology key), for status.domains.
+    /// Failure domain of each node hosting a pod (value of the topology key), for
+    /// status.domains.
     pub node_domains: BTreeMap<String, String>,
     /// Nodes in the cluster, and how many of them are lost: many at once point at the
     /// infrastructure rather than at the nodes.
@@ -112,8 +113,9 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
     Assessment {
         now,
         node_recheck_seconds: nodes::recheck_seconds(&pods, &judge),
-        nodes_total: observed.nodes.len(),
+        nodes_total: observed.nodes.count(),
         nodes_lost: nodes::lost_count(observed, &judge),
+        node_domains: nodes::domains(svc, observed, &pods),
         pods,
         strays,
         claims: storage::claims(svc, observed, &judge),
@@ -121,7 +123,6 @@ pub fn assess(svc: &ResilientService, observed: &Observed, now: Timestamp) -> As
         refused: children::refused(observed),
         service: children::service_state(svc, observed),
         budget_up_to_date: children::budget_up_to_date(svc, observed),
-        node_domains: nodes::domains(svc, observed),
         nodes_back: nodes::back(svc, observed, now),
         fences: fences::fences(svc, observed, now),
     }

@@ -30,8 +30,8 @@ impl<'a> NodeJudge<'a> {
 
     fn heartbeat(&self, name: &str) -> Heartbeat<'a> {
         Heartbeat {
-            lease: self.observed.leases.get(name).map(|l| l.as_ref()),
-            heard: self.observed.heard.get(name).copied(),
+            lease: self.observed.nodes.lease(name),
+            heard: self.observed.nodes.heard(name),
         }
     }
 
@@ -39,7 +39,7 @@ impl<'a> NodeJudge<'a> {
     pub fn health(&self, name: &str) -> NodeHealth {
         judge_node(
             name,
-            self.observed.nodes.get(name).map(|n| n.as_ref()),
+            self.observed.nodes.node(name),
             self.heartbeat(name),
             self.now,
             self.lost_after,
@@ -50,7 +50,7 @@ impl<'a> NodeJudge<'a> {
     /// seconds_until_lost).
     pub fn seconds_until_lost(&self, name: &str) -> Option<i64> {
         seconds_until_lost(
-            self.observed.nodes.get(name).map(|n| n.as_ref()),
+            self.observed.nodes.node(name),
             self.heartbeat(name),
             self.now,
             self.lost_after,
@@ -58,23 +58,31 @@ impl<'a> NodeJudge<'a> {
     }
 }
 
-/// The failure domain of each node: the value of the service's topology key.
-pub fn domains(svc: &ResilientService, observed: &Observed) -> BTreeMap<String, String> {
+/// The failure domain of each node hosting one of `pods`: the value of the service's
+/// topology key.
+pub fn domains(
+    svc: &ResilientService,
+    observed: &Observed,
+    pods: &[PodView],
+) -> BTreeMap<String, String> {
     let key = &svc.spec.redundancy.topology_key;
-    observed
-        .nodes
-        .iter()
-        .filter_map(|(name, node)| Some((name.clone(), node.labels().get(key)?.clone())))
+    (pods.iter().filter_map(|p| p.node.as_deref()))
+        .filter_map(|name| {
+            let domain = observed.nodes.node(name)?.labels().get(key)?;
+            Some((name.to_string(), domain.clone()))
+        })
         .collect()
 }
 
-/// How many of the cluster's nodes are lost.
+/// How many of the cluster's nodes are lost. Every pass of a second with the same
+/// threshold counts the same, so the nodes are judged once for all of them.
 pub fn lost_count(observed: &Observed, judge: &NodeJudge) -> usize {
-    observed
-        .nodes
-        .keys()
-        .filter(|n| judge.health(n) != NodeHealth::Healthy)
-        .count()
+    let nodes = &observed.nodes;
+    nodes.lost_count(judge.now.as_second(), judge.lost_after, || {
+        (nodes.names())
+            .filter(|n| judge.health(n) != NodeHealth::Healthy)
+            .count()
+    })
 }
 
 /// The soonest a node hosting one of `pods` would be judged lost, if one is unwell.
@@ -100,8 +108,7 @@ pub fn back(svc: &ResilientService, observed: &Observed, now: Timestamp) -> BTre
     named
         .into_iter()
         .filter(|n| {
-            let node = observed.nodes.get(*n).map(|n| n.as_ref());
-            let lease = observed.leases.get(*n).map(|l| l.as_ref());
+            let (node, lease) = (observed.nodes.node(n), observed.nodes.lease(n));
             node_back(n, node, lease, None, now).is_ok()
         })
         .map(String::from)
@@ -113,17 +120,21 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
     use crate::health::PodState;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use std::sync::Arc;
 
     fn observed() -> Observed {
+        observed_with(lease("n2", NOW - 15))
+    }
+
+    /// Nodes n1 in zone a, n2 and n3 in zone b; n1 renewed 2 s ago, n3 100 s ago, n2 as
+    /// `n2` says.
+    fn observed_with(n2: Arc<Lease>) -> Observed {
         Observed {
-            nodes: [("n1", "a"), ("n2", "b"), ("n3", "b")]
-                .into_iter()
-                .map(|(n, z)| (n.to_string(), node(n, z)))
-                .collect(),
-            leases: [("n1", NOW - 2), ("n2", NOW - 15), ("n3", NOW - 100)]
-                .into_iter()
-                .map(|(n, r)| (n.to_string(), lease(n, r)))
-                .collect(),
+            nodes: facts(
+                [node("n1", "a"), node("n2", "b"), node("n3", "b")],
+                [lease("n1", NOW - 2), n2, lease("n3", NOW - 100)],
+            ),
             ..Default::default()
         }
     }
@@ -141,19 +152,28 @@ mod tests {
     }
 
     #[test]
-    fn each_node_is_in_the_domain_its_topology_label_names() {
+    fn each_node_hosting_a_pod_is_in_the_domain_its_topology_label_names() {
         let mut observed = observed();
-        observed.nodes.insert("bare".into(), node("bare", "x"));
-        let bare = observed.nodes.get_mut("bare").unwrap();
-        std::sync::Arc::make_mut(bare).metadata.labels = None;
-        let want: BTreeMap<String, String> = [("n1", "a"), ("n2", "b"), ("n3", "b")]
+        let mut bare = node("bare", "x").as_ref().clone();
+        bare.metadata.labels = None;
+        observed.nodes = facts(
+            [
+                node("n1", "a"),
+                node("n2", "b"),
+                node("n3", "b"),
+                Arc::new(bare),
+            ],
+            [],
+        );
+        let want: BTreeMap<String, String> = [("n1", "a"), ("n3", "b")]
             .into_iter()
             .map(|(n, z)| (n.to_string(), z.to_string()))
             .collect();
+        let pods = [on("n1"), on("n3"), on("bare"), on("gone")];
         assert_eq!(
-            domains(&svc(), &observed),
+            domains(&svc(), &observed, &pods),
             want,
-            "an unlabelled node has none"
+            "an unlabelled node has none, nor a node that is gone, nor one with no pod"
         );
     }
 
@@ -200,10 +220,10 @@ mod tests {
             replica_statuses: vec![entry("n1", "n2"), entry("n3", "gone")],
             ..Default::default()
         });
-        let mut observed = observed();
+        let observed = observed();
         assert_eq!(back(&svc, &observed, at(NOW)), ["n1".to_string()].into());
         // n2 renews again.
-        observed.leases.insert("n2".into(), lease("n2", NOW - 1));
+        let observed = observed_with(lease("n2", NOW - 1));
         assert_eq!(
             back(&svc, &observed, at(NOW)),
             ["n1".to_string(), "n2".to_string()].into(),

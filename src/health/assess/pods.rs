@@ -108,14 +108,10 @@ mod tests {
                 pod("lost", Some("1"), Some("r"), Some("n2")),
                 pod("gone", Some("2"), Some("r"), Some("deleted")),
             ],
-            nodes: [("n1", node("n1", "a")), ("n2", node("n2", "a"))]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-            leases: [("n1", lease("n1", NOW - 1)), ("n2", lease("n2", NOW - 300))]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
+            nodes: facts(
+                [node("n1", "a"), node("n2", "a")],
+                [lease("n1", NOW - 1), lease("n2", NOW - 300)],
+            ),
             ..Default::default()
         };
         let (pods, _) = pods(&observed, &NodeJudge::new(&svc(), &observed, at(NOW)));
@@ -135,10 +131,7 @@ mod tests {
     fn on_live_node(pod: k8s_openapi::api::core::v1::Pod) -> Observed {
         Observed {
             pods: vec![std::sync::Arc::new(pod)],
-            nodes: [("n1".to_string(), node("n1", "a"))].into_iter().collect(),
-            leases: [("n1".to_string(), lease("n1", NOW - 1))]
-                .into_iter()
-                .collect(),
+            nodes: facts([node("n1", "a")], [lease("n1", NOW - 1)]),
             ..Default::default()
         }
     }

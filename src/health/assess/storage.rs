@@ -152,14 +152,10 @@ mod tests {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect(),
-            nodes: [("n1", node("n1", "a")), ("n2", node("n2", "a"))]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-            leases: [("n1", lease("n1", NOW - 1)), ("n2", lease("n2", NOW - 300))]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
+            nodes: facts(
+                [node("n1", "a"), node("n2", "a")],
+                [lease("n1", NOW - 1), lease("n2", NOW - 300)],
+            ),
             ..Default::default()
         };
         let claims = claims(
