@@ -550,9 +550,9 @@ async fn reconcile_pass(
         tracing::info!(actions = ?plan.actions, "acting");
     }
     drop(_enter);
-    let templates: act::Templates = observed
-        .revisions
-        .iter()
+    // Only actions read the recorded templates: a pass with none decodes none of them.
+    let templates: act::Templates = (observed.revisions.iter())
+        .filter(|_| !plan.actions.is_empty())
         .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
         .collect();
     act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;

@@ -15,14 +15,18 @@ pub fn revisions(svc: &ResilientService, observed: &Observed) -> Vec<RevisionVie
     observed
         .revisions
         .iter()
-        .map(|r| RevisionView {
-            name: r.name_any(),
-            number: r.revision,
-            bad: r.annotations().contains_key(ANNOTATION_BAD_REVISION),
-            intact: build::recorded_template(r).is_some_and(|t| {
-                r.name_any() == format!("{}-{}", svc.name_any(), build::template_hash(&t))
-            }),
-            in_place_key: build::recorded_template(r).map(|t| build::in_place_key(&t)),
+        .map(|r| {
+            // Decoded once, not once per use: the decoding costs more than the rest.
+            let template = build::recorded_template(r);
+            RevisionView {
+                name: r.name_any(),
+                number: r.revision,
+                bad: r.annotations().contains_key(ANNOTATION_BAD_REVISION),
+                intact: template.as_ref().is_some_and(|t| {
+                    r.name_any() == format!("{}-{}", svc.name_any(), build::template_hash(t))
+                }),
+                in_place_key: template.as_ref().map(build::in_place_key),
+            }
         })
         .collect()
 }
