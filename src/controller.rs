@@ -551,10 +551,13 @@ async fn reconcile_pass(
     }
     drop(_enter);
     // Only actions read the recorded templates: a pass with none decodes none of them.
-    let templates: act::Templates = (observed.revisions.iter())
-        .filter(|_| !plan.actions.is_empty())
-        .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
-        .collect();
+    let templates: act::Templates = if plan.actions.is_empty() {
+        act::Templates::default()
+    } else {
+        (observed.revisions.iter())
+            .filter_map(|r| Some((r.name_any(), crate::build::recorded_template(r)?)))
+            .collect()
+    };
     act::execute(&ctx.client, &ctx.recorder, svc, &templates, &plan).await?;
     for action in &plan.actions {
         let plan::Action::OpenGate { name } = action else {

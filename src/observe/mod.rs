@@ -242,7 +242,7 @@ fn pods_on_fenced_nodes(
     caches: &Caches,
 ) -> BTreeMap<String, Vec<Arc<Pod>>> {
     (nodes.fenced_by(&build::service_key(svc)).iter())
-        .map(|node| {
+        .map(|(node, _)| {
             // The index hears of a change just before the store applies it.
             let on = (caches.pods_by_node.owned(node, &caches.pods).into_iter())
                 .filter(|p| p.node_name() == Some(node.as_str()))

@@ -17,6 +17,9 @@ use kube::ResourceExt;
 use super::Heartbeats;
 use crate::build::FenceRecord;
 
+/// A node's name and the fence record it carries.
+pub type Fenced = (String, FenceRecord);
+
 /// The nodes, their heartbeats and their fences at one moment.
 #[derive(Debug, Default)]
 pub struct NodeFacts {
@@ -24,8 +27,9 @@ pub struct NodeFacts {
     leases: BTreeMap<String, Arc<Lease>>,
     /// Per node, the moment from which its silence counts (see Heartbeats::heard).
     heard: BTreeMap<String, Timestamp>,
-    /// The nodes whose fence record names a service, by that service (namespace/name).
-    fenced: BTreeMap<String, Vec<String>>,
+    /// The nodes whose fence record names a service, with that record, by the service
+    /// (namespace/name).
+    fenced: BTreeMap<String, Vec<Fenced>>,
     /// How many nodes are lost, per threshold, in the whole second `.0`: the judgement
     /// reads whole seconds, so every pass of that second counts the same.
     lost: Mutex<(i64, HashMap<i64, usize>)>,
@@ -37,10 +41,11 @@ impl NodeFacts {
         leases: BTreeMap<String, Arc<Lease>>,
         heard: BTreeMap<String, Timestamp>,
     ) -> Self {
-        let mut fenced: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut fenced: BTreeMap<String, Vec<Fenced>> = BTreeMap::new();
         for (name, node) in &nodes {
             if let Some(record) = FenceRecord::of(node) {
-                fenced.entry(record.service).or_default().push(name.clone());
+                let entry = fenced.entry(record.service.clone()).or_default();
+                entry.push((name.clone(), record));
             }
         }
         Self {
@@ -74,8 +79,8 @@ impl NodeFacts {
         self.nodes.len()
     }
 
-    /// The nodes whose fence record names `service` (namespace/name).
-    pub fn fenced_by(&self, service: &str) -> &[String] {
+    /// The nodes whose fence record names `service` (namespace/name), with that record.
+    pub fn fenced_by(&self, service: &str) -> &[Fenced] {
         self.fenced.get(service).map_or(&[], Vec::as_slice)
     }
 
@@ -217,8 +222,14 @@ mod tests {
         cache.node_changed();
         let second = cache.get(&nodes, &leases, &book, now);
         assert_eq!(second.names().collect::<Vec<_>>(), ["n1", "n2"]);
-        assert_eq!(second.fenced_by("shop/web"), ["n2".to_string()]);
-        assert_eq!(second.fenced_by("shop/api"), [] as [String; 0]);
+        let fenced: Vec<&str> = (second.fenced_by("shop/web").iter())
+            .map(|(node, record)| {
+                assert_eq!(record.service, "shop/web");
+                node.as_str()
+            })
+            .collect();
+        assert_eq!(fenced, ["n2"]);
+        assert!(second.fenced_by("shop/api").is_empty());
 
         // A renewal changes the book, and so the facts.
         let later: Timestamp = "2026-12-06T12:00:10Z".parse().unwrap();

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::ResilientService;
-use crate::build::{service_key, FenceRecord};
+use crate::build::service_key;
 use crate::health::node_back;
 use crate::observe::Observed;
 
@@ -27,9 +27,8 @@ pub struct FenceView {
 pub fn fences(svc: &ResilientService, observed: &Observed, now: Timestamp) -> Vec<FenceView> {
     let key = service_key(svc);
     (observed.nodes.fenced_by(&key).iter())
-        .filter_map(|name| {
+        .filter_map(|(name, record)| {
             let node = observed.nodes.node(name)?;
-            let record = FenceRecord::of(node).filter(|r| r.service == key)?;
             let fenced_at = record.fenced_at();
             let lease = observed.nodes.lease(name);
             let pods_left = observed
@@ -67,6 +66,7 @@ mod tests {
 
     use super::super::fixtures::*;
     use super::*;
+    use crate::build::FenceRecord;
 
     /// Node `name`, Ready, fenced by `svc` at `fenced_at`.
     fn fenced(name: &str, svc: &ResilientService, fenced_at: i64) -> Arc<Node> {
