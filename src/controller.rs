@@ -201,6 +201,12 @@ fn service_of<K: Resource>(object: &K) -> Option<ObjectRef<ResilientService>> {
     Some(ObjectRef::new(name).within(ns))
 }
 
+/// The service a cached pod belongs to, by the label of ours the cache keeps apart.
+fn service_of_pod(pod: &CachedPod) -> Option<ObjectRef<ResilientService>> {
+    let name = pod.label(LABEL_SERVICE)?;
+    Some(ObjectRef::new(name).within(pod.metadata.namespace.as_deref()?))
+}
+
 /// The service that fenced a node, as the node's fence record names it.
 fn fenced_by(node: &Node) -> Option<ObjectRef<ResilientService>> {
     let (ns, name) = crate::build::FenceRecord::of(node)?.fencer()?;
@@ -340,7 +346,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             .owned(&node_name, &pods_on_node)
             .iter()
             .filter(|p| pod_node(p).as_deref() == Some(node_name.as_str()))
-            .filter_map(|p| service_of(p.as_ref()))
+            .filter_map(|p| service_of_pod(p))
             .collect::<Vec<_>>();
         // Node events are few (heartbeats are filtered out), so the scan is rare.
         services.extend(
@@ -365,7 +371,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
             .filter_map(|pod| pods_in_slices.get(&ObjectRef::new(pod).within(&ns)))
             .filter(|p| matches!(p.gate(), health::Gate::Closed { .. }))
-            .filter_map(|p| service_of(p.as_ref()))
+            .filter_map(|p| service_of_pod(&p))
             .collect();
         unique(&mut services);
         services

@@ -13,17 +13,22 @@ use kube::Resource;
 use serde::Deserialize;
 
 use super::cached_condition::{self, CachedCondition, ConditionKind, ConditionStatus};
-use crate::api::ANNOTATION_AVOIDS_NODE;
+use crate::api::{ANNOTATION_AVOIDS_NODE, RESERVED_LABELS};
 
-/// A pod with its metadata (without managed fields, and of the annotations only the node it
-/// keeps off) and what the health
-/// judgement, the drain and in-place upgrades read of its spec and status.
+/// A pod with its metadata (without managed fields, of the annotations only the node it
+/// keeps off, of the labels only ours) and what the health judgement, the drain and
+/// in-place upgrades read of its spec and status.
 #[derive(Clone, Debug, Default, Deserialize, Resource)]
 #[resource(inherit = Pod)]
 pub struct CachedPod {
     pub metadata: ObjectMeta,
     pub spec: Option<CachedSpec>,
     pub status: Option<CachedStatus>,
+    /// Once trimmed, the labels of ours (service, slot, revision, in that order), the only
+    /// ones read of a pod, out of the label map: a map costs a B-tree leaf of 544 bytes
+    /// however few labels it holds.
+    #[serde(skip)]
+    pub ours: [Option<Box<str>>; 3],
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -78,6 +83,11 @@ impl CachedPod {
     /// container's start time, the empty last state of one that never ended: a box of 208
     /// bytes each). The conditions are kept compact as they are decoded (cached_condition).
     pub fn trim(&mut self) {
+        if let Some(mut labels) = self.metadata.labels.take() {
+            for (kept, key) in self.ours.iter_mut().zip(RESERVED_LABELS) {
+                *kept = labels.remove(key).map(String::into_boxed_str);
+            }
+        }
         // Of the annotations, only the node a pod was made to keep off is read.
         if let Some(a) = self.metadata.annotations.as_mut() {
             a.retain(|k, _| k == ANNOTATION_AVOIDS_NODE);
@@ -110,6 +120,26 @@ impl CachedPod {
         }
     }
 
+    /// The value of one of our labels (`RESERVED_LABELS`), trimmed or not.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        match RESERVED_LABELS.iter().position(|k| *k == key) {
+            Some(i) if self.metadata.labels.is_none() => self.ours[i].as_deref(),
+            _ => self.metadata.labels.as_ref()?.get(key).map(String::as_str),
+        }
+    }
+
+    /// The labels as a `Pod` carries them: ours alone once trimmed.
+    fn labels(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        if self.metadata.labels.is_some() {
+            return self.metadata.labels.clone();
+        }
+        let ours: std::collections::BTreeMap<String, String> = (RESERVED_LABELS.iter())
+            .zip(&self.ours)
+            .filter_map(|(k, v)| Some((k.to_string(), v.as_deref()?.to_string())))
+            .collect();
+        (!ours.is_empty()).then_some(ours)
+    }
+
     /// The node the pod is bound to.
     pub fn node_name(&self) -> Option<&str> {
         self.spec.as_ref()?.node_name.as_deref()
@@ -138,7 +168,10 @@ impl CachedPod {
     /// The pod as a `Pod`, with the fields kept and every other one unset.
     pub fn to_pod(&self) -> Pod {
         Pod {
-            metadata: self.metadata.clone(),
+            metadata: ObjectMeta {
+                labels: self.labels(),
+                ..self.metadata.clone()
+            },
             spec: self.spec.as_ref().map(|s| PodSpec {
                 node_name: s.node_name.clone(),
                 readiness_gates: s.readiness_gates.clone(),
@@ -264,6 +297,38 @@ mod tests {
             assert_eq!(pod.metadata.annotations, None);
             assert_eq!(pod.metadata.managed_fields, None);
         }
+    }
+
+    #[test]
+    fn of_the_labels_the_cache_keeps_ours_apart_and_a_pod_made_of_it_carries_them() {
+        use crate::api::{LABEL_REVISION, LABEL_SERVICE, LABEL_SLOT};
+        let mut json = full_pod(serde_json::json!({"phase": "Pending"}));
+        json["metadata"]["labels"]["app"] = "shop".into();
+        json["metadata"]["labels"][LABEL_REVISION] = "web-abc".into();
+        let mut cached: CachedPod = serde_json::from_value(json).unwrap();
+        let before: Vec<_> = [LABEL_SERVICE, LABEL_SLOT, LABEL_REVISION, "app"]
+            .map(|k| cached.label(k).map(str::to_string))
+            .into();
+        cached.trim();
+        assert_eq!(cached.metadata.labels, None, "no map is kept");
+        let after = [LABEL_SERVICE, LABEL_SLOT, LABEL_REVISION].map(|k| cached.label(k));
+        assert_eq!(after, [Some("web"), Some("0"), Some("web-abc")]);
+        assert_eq!(before[..3], after.map(|v| v.map(str::to_string)));
+        assert_eq!(before[3].as_deref(), Some("shop"), "read before the trim");
+        assert_eq!(
+            cached.label("app"),
+            None,
+            "a label of the user's is not kept"
+        );
+        let labels = cached.to_pod().metadata.labels.unwrap();
+        assert_eq!(
+            labels.into_iter().collect::<Vec<_>>(),
+            [
+                (LABEL_REVISION.to_string(), "web-abc".to_string()),
+                (LABEL_SERVICE.to_string(), "web".to_string()),
+                (LABEL_SLOT.to_string(), "0".to_string()),
+            ]
+        );
     }
 
     #[test]

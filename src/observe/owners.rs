@@ -9,8 +9,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 
-/// (namespace, name) of an indexed object.
-type Key = (String, String);
+/// (namespace, name) of an indexed object, one copy shared by both maps.
+type Key = Arc<(String, String)>;
 
 /// Objects by the key of their owner (a controller's uid, a label's value), written by a
 /// watch and read by reconciles.
@@ -19,21 +19,39 @@ pub struct OwnerIndex {
     inner: Arc<Mutex<Owners>>,
 }
 
+/// At 10,000 pods the index holds an entry per pod: each object's key is kept once for
+/// both maps, and each owner's once for all its objects.
 #[derive(Debug, Default)]
 struct Owners {
-    by_owner: HashMap<String, BTreeSet<Key>>,
-    owner_of: HashMap<Key, String>,
+    by_owner: HashMap<Arc<str>, BTreeSet<Key>>,
+    owner_of: HashMap<Key, Arc<str>>,
     /// What a list under way has listed so far, with each object's owner.
     listing: Option<Vec<(String, String, Option<String>)>>,
 }
 
 impl Owners {
-    fn insert(&mut self, key: Key, owner: String) {
+    fn insert(&mut self, key: Key, owner: &str) {
+        let owner = match self.by_owner.get_key_value(owner) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(owner),
+        };
         self.by_owner
             .entry(owner.clone())
             .or_default()
             .insert(key.clone());
         self.owner_of.insert(key, owner);
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        let Some((key, old)) = self.owner_of.remove_entry(key) else {
+            return;
+        };
+        if let Some(set) = self.by_owner.get_mut(&old) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_owner.remove(&old);
+            }
+        }
     }
 }
 
@@ -48,16 +66,13 @@ impl OwnerIndex {
     pub fn refresh(&self, ns: &str, name: &str, owner: Option<String>) {
         let key = (ns.to_string(), name.to_string());
         let mut owners = self.owners();
-        if let Some(old) = owners.owner_of.remove(&key) {
-            if let Some(set) = owners.by_owner.get_mut(&old) {
-                set.remove(&key);
-                if set.is_empty() {
-                    owners.by_owner.remove(&old);
-                }
-            }
+        // Most events change a status, not the owner: the entry stays as it is.
+        if owners.owner_of.get(&key).map(|o| &**o) == owner.as_deref() {
+            return;
         }
+        owners.remove(&key);
         if let Some(owner) = owner {
-            owners.insert(key, owner);
+            owners.insert(Arc::new(key), &owner);
         }
     }
 
@@ -72,7 +87,7 @@ impl OwnerIndex {
             None => return Vec::new(),
         };
         keys.iter()
-            .filter_map(|(ns, name)| store.get(&ObjectRef::new(name).within(ns)))
+            .filter_map(|key| store.get(&ObjectRef::new(&key.1).within(&key.0)))
             .collect()
     }
 
@@ -126,7 +141,7 @@ where
             let mut fresh = Owners::default();
             for (ns, name, owner) in listed {
                 if let Some(owner) = owner {
-                    fresh.insert((ns, name), owner);
+                    fresh.insert(Arc::new((ns, name)), &owner);
                 }
             }
             *index.owners() = fresh;
@@ -185,6 +200,28 @@ mod tests {
         index_event(&index, &gone, controller_uid);
         assert_eq!(index.owned("a", &store).len(), 1);
         assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn the_objects_of_an_owner_share_one_copy_of_its_key_and_an_owner_with_none_left_is_dropped() {
+        let index = OwnerIndex::default();
+        for name in ["a-0", "a-1"] {
+            index_event(&index, &Event::Apply(pod(name, "a")), controller_uid);
+        }
+        // A second event of the same owner (a status change) leaves the entry as it was.
+        index_event(&index, &Event::Apply(pod("a-0", "a")), controller_uid);
+        {
+            let owners = index.owners();
+            let of = |name: &str| owners.owner_of[&("ns".to_string(), name.to_string())].clone();
+            assert!(Arc::ptr_eq(&of("a-0"), &of("a-1")));
+            assert_eq!(owners.by_owner["a"].len(), 2);
+        }
+        index_event(&index, &Event::Apply(pod("a-0", "b")), controller_uid);
+        index_event(&index, &Event::Delete(pod("a-1", "a")), controller_uid);
+        let owners = index.owners();
+        assert!(!owners.by_owner.contains_key("a"), "no object of a is left");
+        assert_eq!(owners.by_owner["b"].len(), 1);
+        assert_eq!(owners.owner_of.len(), 1);
     }
 
     #[test]
