@@ -241,7 +241,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let (revisions, revision_events) = indexed(
         api::<ControllerRevision>(&client, ns),
         ours.clone(),
-        |_| {},
+        crate::build::record_as_text,
         move |e| index_event(&by_owner, e, controller_uid),
     );
     let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);

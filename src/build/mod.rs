@@ -13,7 +13,9 @@ pub use disruption_budget::desired_disruption_budget;
 pub use fence::{fence_patch, service_key, unfence_patch, FenceRecord, Unfence};
 pub use in_place::{in_place_key, in_place_patches, qos_class};
 pub use pod::{avoid_node, desired_pod, free_pod_name, pod_hostname, pod_name, second_pod_name};
-pub use revision::{desired_revision, recorded_template, revision_name, template_hash};
+pub use revision::{
+    desired_revision, record_as_text, recorded_template, revision_name, template_hash,
+};
 pub use service::{desired_service, service_name};
 
 use std::collections::BTreeMap;

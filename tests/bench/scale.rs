@@ -238,6 +238,12 @@ async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: 
             "tolerations": [{"key": "perennial.dev/test-node", "operator": "Exists", "effect": "NoSchedule"}]
         }
     });
+    // BENCH_SCALE_NODE_LOST_AFTER: at 300 KWOK nodes on two cores, KWOK renews the node
+    // Leases up to 41 s apart, past the default of 40 s; 300 is what a Deployment's pods
+    // tolerate of a node not ready by default.
+    let node_lost_after = std::env::var("BENCH_SCALE_NODE_LOST_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
     stream::iter(0..services)
         .for_each_concurrent(16, |i| {
             let template = template.clone();
@@ -248,10 +254,13 @@ async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: 
                 let pp = PostParams::default();
                 match kind {
                     Kind::Perennial => {
+                        let mut spec = json!({"replicas": replicas, "template": template});
+                        if let Some(seconds) = node_lost_after {
+                            spec["repair"] = json!({"nodeLostAfterSeconds": seconds});
+                        }
                         let svc: ResilientService = serde_json::from_value(json!({
                             "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
-                            "metadata": {"name": name},
-                            "spec": {"replicas": replicas, "template": template}
+                            "metadata": {"name": name}, "spec": spec
                         }))
                         .unwrap();
                         ns.api::<ResilientService>().create(&pp, &svc).await.unwrap();
