@@ -4,7 +4,8 @@
 Each run of `make bench` (or of bench_scale_many_services alone) writes
 bench-results/scale-<pods>.json. This reads every one of them and draws memory, CPU and
 writes against the pod count, the operator beside the controller manager, into
-docs/benchmarks-scale.png. Needs matplotlib (`pip install matplotlib`).
+docs/benchmarks-scale.png; the dates of rows that carry one ("date") go in the legend.
+Needs matplotlib (`pip install matplotlib`).
 
     python3 docs/plot_scale.py [RESULTS_DIR] [OUT_PNG]
 """
@@ -77,6 +78,10 @@ def main():
                 x, y = series(rows, *keys)
                 if not x:
                     continue
+                # A row may say when it was measured: the legend names the runs drawn.
+                dates = sorted({r["date"] for r in rows if "date" in r})
+                if dates:
+                    label = f"{label} ({', '.join(dates)})"
                 if row == 1:
                     y = [v * scale / p for v, p in zip(y, x)]
                 ax.plot(x, y, style, color=colour, label=label)
@@ -89,7 +94,7 @@ def main():
                 ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle("Scale: one run per size, both sides on the same cluster; totals (log-log) and per pod")
+    fig.suptitle("Scale: one run per size and side; totals (log-log) and per pod")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out} from {sum(len(r) for r in points.values())} results")

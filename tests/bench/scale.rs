@@ -244,6 +244,12 @@ async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: 
     let node_lost_after = std::env::var("BENCH_SCALE_NODE_LOST_AFTER")
         .ok()
         .and_then(|v| v.parse::<i32>().ok());
+    // BENCH_SCALE_PROGRESS_DEADLINE: a pod not Ready within the deadline is restarted, and
+    // with 30,000 pods queued KWOK marks them Ready more than the default 600 s late. A
+    // Deployment waits for its pods however long they take.
+    let progress_deadline = std::env::var("BENCH_SCALE_PROGRESS_DEADLINE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
     stream::iter(0..services)
         .for_each_concurrent(16, |i| {
             let template = template.clone();
@@ -257,6 +263,9 @@ async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: 
                         let mut spec = json!({"replicas": replicas, "template": template});
                         if let Some(seconds) = node_lost_after {
                             spec["repair"] = json!({"nodeLostAfterSeconds": seconds});
+                        }
+                        if let Some(seconds) = progress_deadline {
+                            spec["update"] = json!({"progressDeadlineSeconds": seconds});
                         }
                         let svc: ResilientService = serde_json::from_value(json!({
                             "apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
