@@ -378,6 +378,13 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     };
 
     let silent_nodes = node_to_services.clone();
+    // The least loss threshold of the services: a node silent for less is news to no one.
+    let thresholds = service_store.clone();
+    let first_loss = move || {
+        (thresholds.state().iter())
+            .map(|s| i64::from(s.spec.repair.node_lost_after_seconds))
+            .min()
+    };
     // The services' own watch backs off as each cache's does (WatchBackoff), and so the
     // merged triggers need no backoff of their own: a reset fails every watch at once, and
     // one shared backoff counted those failures as one watch failing again and again, up
@@ -411,7 +418,10 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         .watches_stream(volume_events, |_: PersistentVolume| {
             None::<ObjectRef<ResilientService>>
         })
-        .watches_stream(heartbeat_changes(nodes, leases, heartbeats), silent_nodes)
+        .watches_stream(
+            heartbeat_changes(nodes, leases, heartbeats, first_loss),
+            silent_nodes,
+        )
         .watches_stream(slice_events, slice_to_services)
         .shutdown_on_signal();
     // Repeats of an Event are counted in memory and written on this beat.

@@ -18,45 +18,90 @@ use super::Heartbeats;
 use crate::health;
 
 /// How often node heartbeats are checked. A dead node sends no event; this turns its
-/// silence into one once a renewal is missed (health::SUSPECT_AFTER_SECONDS, the floor of
-/// spec.repair.nodeLostAfterSeconds), and services then requeue at their own threshold.
-/// A live node whose renewal is merely due is not news: at 10 s every node would flap
-/// silent and back on each renewal, reconciling every service with a pod there.
+/// silence into one once it has lasted the least `spec.repair.nodeLostAfterSeconds` of any
+/// service (never under health::SUSPECT_AFTER_SECONDS, one missed renewal), and services
+/// then requeue at their own threshold. A node that is merely late is not news: on a
+/// cluster whose API server takes the renewals late, nodes would flap silent and back every
+/// cycle, each turn reconciling every service with a pod there.
 const HEARTBEAT_CHECK: Duration = Duration::from_secs(1);
 
-/// Emits a node each time its heartbeat goes silent or comes back.
+/// Which nodes have been announced silent: a node is announced once its silence reaches
+/// the first threshold at which any service could judge it lost, and announced again when
+/// it is heard (silence under SUSPECT_AFTER_SECONDS, as `health::node_back` reads it). A
+/// node heard again before it was announced was news to no one.
+#[derive(Debug, Default)]
+pub struct SilenceWatch {
+    announced: HashSet<String>,
+}
+
+impl SilenceWatch {
+    /// The nodes whose state turned, from each node's silence in milliseconds and the least
+    /// loss threshold of any service in seconds (None: no service, nobody to tell).
+    pub fn turned<'a>(
+        &mut self,
+        silences: impl IntoIterator<Item = (&'a str, i64)>,
+        first_loss_seconds: Option<i64>,
+    ) -> Vec<String> {
+        let announce_ms = first_loss_seconds.map(|s| s.max(health::SUSPECT_AFTER_SECONDS) * 1000);
+        let mut turned = Vec::new();
+        for (name, silence_ms) in silences {
+            let heard = silence_ms < health::SUSPECT_AFTER_SECONDS * 1000;
+            let flipped = if heard {
+                self.announced.remove(name)
+            } else if announce_ms.is_some_and(|at| silence_ms >= at) {
+                self.announced.insert(name.to_string())
+            } else {
+                false
+            };
+            if flipped {
+                // Each turn is a pass of every service with a pod there: worth a line.
+                tracing::debug!(node = %name, silent = !heard, silence_ms, "node heartbeat");
+                turned.push(name.to_string());
+            }
+        }
+        turned
+    }
+}
+
+/// Emits a node each time its heartbeat is announced silent or heard again (SilenceWatch);
+/// `first_loss` gives the least `nodeLostAfterSeconds` of the services.
 pub fn heartbeat_changes(
     nodes: Store<Node>,
     leases: Store<Lease>,
     heartbeats: Heartbeats,
+    first_loss: impl Fn() -> Option<i64> + Send + 'static,
 ) -> impl Stream<Item = Result<Node, watcher::Error>> + Send {
     let ticks = every(HEARTBEAT_CHECK);
-    let mut silent: HashSet<String> = HashSet::new();
+    let mut watch = SilenceWatch::default();
     ticks.flat_map(move |_| {
         let now = jiff::Timestamp::now();
-        let mut changed = Vec::new();
-        for lease in leases.state() {
-            let name = lease.name_any();
-            let age = health::Heartbeat {
-                lease: Some(&lease),
-                heard: heartbeats.heard(&name, now),
-            }
-            .silence_ms(now)
-            .unwrap_or(0);
-            let is_silent = age >= health::SUSPECT_AFTER_SECONDS * 1000;
-            let flipped = if is_silent {
-                silent.insert(name.clone())
-            } else {
-                silent.remove(&name)
-            };
-            if flipped {
-                // Each flip is a pass of every service with a pod there: worth a line.
-                tracing::debug!(node = %name, silent = is_silent, silence_ms = age, "node heartbeat");
-                if let Some(node) = nodes.get(&ObjectRef::new(&name)) {
-                    changed.push(Ok(node.as_ref().clone()));
+        let silences: Vec<(String, i64)> = (leases.state().iter())
+            .map(|lease| {
+                let name = lease.name_any();
+                let silence = health::Heartbeat {
+                    lease: Some(lease),
+                    heard: heartbeats.heard(&name, now),
                 }
-            }
-        }
+                .silence_ms(now)
+                .unwrap_or(0);
+                (name, silence)
+            })
+            .collect();
+        // Read the services only when a node is past one missed renewal or announced.
+        let quiet = silences
+            .iter()
+            .all(|(_, ms)| *ms < health::SUSPECT_AFTER_SECONDS * 1000);
+        let first = if quiet && watch.announced.is_empty() {
+            None
+        } else {
+            first_loss()
+        };
+        let changed: Vec<_> = watch
+            .turned(silences.iter().map(|(n, ms)| (n.as_str(), *ms)), first)
+            .into_iter()
+            .filter_map(|name| nodes.get(&ObjectRef::new(&name)))
+            .map(|node| Ok(node.as_ref().clone()))
+            .collect();
         futures::stream::iter(changed)
     })
 }
@@ -171,6 +216,42 @@ mod tests {
 
     fn names(nodes: Vec<Node>) -> Vec<String> {
         nodes.iter().map(|n| n.name_any()).collect()
+    }
+
+    #[test]
+    fn a_late_renewal_is_no_news_and_a_node_is_announced_at_the_first_loss_threshold_and_when_heard(
+    ) {
+        let mut watch = SilenceWatch::default();
+        let first_loss = Some(40);
+        // Late by 13 s, 25 s, 39 s: under every service's threshold, and heard again.
+        for late in [13_000, 25_000, 39_999, 1_000] {
+            assert!(
+                watch.turned([("n1", late)], first_loss).is_empty(),
+                "{late}"
+            );
+        }
+        // Silent 40 s: announced once, however long it lasts; heard: announced again.
+        assert_eq!(watch.turned([("n1", 40_000)], first_loss), ["n1"]);
+        assert!(watch.turned([("n1", 90_000)], first_loss).is_empty());
+        assert!(
+            watch.turned([("n1", 12_000)], first_loss).is_empty(),
+            "one missed renewal is not back"
+        );
+        assert_eq!(watch.turned([("n1", 2_000)], first_loss), ["n1"]);
+        assert!(watch.turned([("n1", 2_000)], first_loss).is_empty());
+    }
+
+    #[test]
+    fn the_least_threshold_counts_but_never_under_one_missed_renewal_and_no_service_hears_nothing()
+    {
+        let mut watch = SilenceWatch::default();
+        // A service asking for 10 s is told at 12 s, the first missed renewal.
+        assert!(watch.turned([("n1", 11_999)], Some(10)).is_empty());
+        assert_eq!(watch.turned([("n1", 12_000)], Some(10)), ["n1"]);
+        let mut nobody = SilenceWatch::default();
+        assert!(nobody.turned([("n1", 600_000)], None).is_empty());
+        // Announced while a service listened: heard again is news even once it is gone.
+        assert_eq!(watch.turned([("n1", 0)], None), ["n1"]);
     }
 
     #[test]
