@@ -239,8 +239,8 @@ async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: 
         }
     });
     // BENCH_SCALE_NODE_LOST_AFTER: at 300 KWOK nodes on two cores, KWOK renews the node
-    // Leases up to 41 s apart, past the default of 40 s; 300 is what a Deployment's pods
-    // tolerate of a node not ready by default.
+    // Leases more than the default 30 s apart; 300 is what a Deployment's pods tolerate of
+    // a node not ready by default.
     let node_lost_after = std::env::var("BENCH_SCALE_NODE_LOST_AFTER")
         .ok()
         .and_then(|v| v.parse::<i32>().ok());
