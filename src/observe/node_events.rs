@@ -36,22 +36,26 @@ pub struct SilenceWatch {
 
 impl SilenceWatch {
     /// The nodes whose state turned, from each node's silence in milliseconds and the least
-    /// loss threshold of any service in seconds (None: no service, nobody to tell).
+    /// loss threshold of any service in seconds (None: no service, nobody to tell), asked
+    /// for only when a node is past one missed renewal.
     pub fn turned<'a>(
         &mut self,
         silences: impl IntoIterator<Item = (&'a str, i64)>,
-        first_loss_seconds: Option<i64>,
+        first_loss_seconds: impl FnOnce() -> Option<i64>,
     ) -> Vec<String> {
-        let announce_ms = first_loss_seconds.map(|s| s.max(health::SUSPECT_AFTER_SECONDS) * 1000);
+        let mut first_loss_seconds = Some(first_loss_seconds);
+        let mut announce_ms: Option<Option<i64>> = None;
         let mut turned = Vec::new();
         for (name, silence_ms) in silences {
             let heard = silence_ms < health::SUSPECT_AFTER_SECONDS * 1000;
             let flipped = if heard {
                 self.announced.remove(name)
-            } else if announce_ms.is_some_and(|at| silence_ms >= at) {
-                self.announced.insert(name.to_string())
             } else {
-                false
+                let at = *announce_ms.get_or_insert_with(|| {
+                    let first = first_loss_seconds.take().and_then(|f| f());
+                    first.map(|s| s.max(health::SUSPECT_AFTER_SECONDS) * 1000)
+                });
+                at.is_some_and(|at| silence_ms >= at) && self.announced.insert(name.to_string())
             };
             if flipped {
                 // Each turn is a pass of every service with a pod there: worth a line.
@@ -87,17 +91,11 @@ pub fn heartbeat_changes(
                 (name, silence)
             })
             .collect();
-        // Read the services only when a node is past one missed renewal or announced.
-        let quiet = silences
-            .iter()
-            .all(|(_, ms)| *ms < health::SUSPECT_AFTER_SECONDS * 1000);
-        let first = if quiet && watch.announced.is_empty() {
-            None
-        } else {
-            first_loss()
-        };
         let changed: Vec<_> = watch
-            .turned(silences.iter().map(|(n, ms)| (n.as_str(), *ms)), first)
+            .turned(
+                silences.iter().map(|(n, ms)| (n.as_str(), *ms)),
+                &first_loss,
+            )
             .into_iter()
             .filter_map(|name| nodes.get(&ObjectRef::new(&name)))
             .map(|node| Ok(node.as_ref().clone()))
@@ -222,7 +220,7 @@ mod tests {
     fn a_late_renewal_is_no_news_and_a_node_is_announced_at_the_first_loss_threshold_and_when_heard(
     ) {
         let mut watch = SilenceWatch::default();
-        let first_loss = Some(40);
+        let first_loss = || Some(40);
         // Late by 13 s, 25 s, 39 s: under every service's threshold, and heard again.
         for late in [13_000, 25_000, 39_999, 1_000] {
             assert!(
@@ -246,12 +244,14 @@ mod tests {
     {
         let mut watch = SilenceWatch::default();
         // A service asking for 10 s is told at 12 s, the first missed renewal.
-        assert!(watch.turned([("n1", 11_999)], Some(10)).is_empty());
-        assert_eq!(watch.turned([("n1", 12_000)], Some(10)), ["n1"]);
+        assert!(watch.turned([("n1", 11_999)], || Some(10)).is_empty());
+        assert_eq!(watch.turned([("n1", 12_000)], || Some(10)), ["n1"]);
+        let unasked = || -> Option<i64> { panic!("the services are read only for a late node") };
+        assert!(watch.turned([("n2", 11_999)], unasked).is_empty());
         let mut nobody = SilenceWatch::default();
-        assert!(nobody.turned([("n1", 600_000)], None).is_empty());
+        assert!(nobody.turned([("n1", 600_000)], || None).is_empty());
         // Announced while a service listened: heard again is news even once it is gone.
-        assert_eq!(watch.turned([("n1", 0)], None), ["n1"]);
+        assert_eq!(watch.turned([("n1", 0)], || None), ["n1"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! client-side figure adds the bench's own watch on both ends; this one is the controller's
 //! alone.
 
-use super::scale::audit_log;
+use super::scale::audit_range;
 use super::*;
 
 /// The users whose pod creates answer a deletion: the operator, and the built-in
@@ -27,9 +27,8 @@ fn at(e: &serde_json::Value, field: &str) -> Option<jiff::Timestamp> {
 /// the audit log, the time from its answer to the arrival of the next pod create in `ns` by a
 /// controller. A deletion no create followed is left out.
 pub(crate) fn server_reactions(ns: &str, from: u64, to: u64) -> Vec<Duration> {
-    let bytes = std::fs::read(audit_log()).unwrap_or_default();
-    let (from, to) = (from as usize, (to as usize).min(bytes.len()));
-    let text = String::from_utf8_lossy(bytes.get(from.min(to)..to).unwrap_or_default());
+    let bytes = audit_range(from, to);
+    let text = String::from_utf8_lossy(&bytes);
     let mut deletions = Vec::new();
     let mut creates = Vec::new();
     for e in text

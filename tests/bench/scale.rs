@@ -23,10 +23,12 @@ use super::support::*;
 use super::{write_results, Kind};
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    env_opt(name).unwrap_or(default)
+}
+
+/// A number from the environment, None when unset or not a number.
+fn env_opt<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// Resident set now and at its peak, and CPU seconds used, of a process, from /proc.
@@ -75,7 +77,7 @@ pub(crate) fn audit_log() -> std::path::PathBuf {
 
 /// The audit log's bytes between two offsets, read alone: at 30,000 pods the file holds
 /// gigabytes. A log that shrank was rotated between them, and its count would be wrong.
-fn audit_range(from: u64, to: u64) -> Vec<u8> {
+pub(crate) fn audit_range(from: u64, to: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     assert!(
         audit_len() >= to && to >= from,
@@ -241,15 +243,11 @@ async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: 
     // BENCH_SCALE_NODE_LOST_AFTER: at 300 KWOK nodes on two cores, KWOK renews the node
     // Leases more than the default 30 s apart; 300 is what a Deployment's pods tolerate of
     // a node not ready by default.
-    let node_lost_after = std::env::var("BENCH_SCALE_NODE_LOST_AFTER")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok());
+    let node_lost_after: Option<i32> = env_opt("BENCH_SCALE_NODE_LOST_AFTER");
     // BENCH_SCALE_PROGRESS_DEADLINE: a pod not Ready within the deadline is restarted, and
     // with 30,000 pods queued KWOK marks them Ready more than the default 600 s late. A
     // Deployment waits for its pods however long they take.
-    let progress_deadline = std::env::var("BENCH_SCALE_PROGRESS_DEADLINE")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok());
+    let progress_deadline: Option<i32> = env_opt("BENCH_SCALE_PROGRESS_DEADLINE");
     stream::iter(0..services)
         .for_each_concurrent(16, |i| {
             let template = template.clone();
