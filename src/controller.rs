@@ -25,8 +25,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
     claim_service_key, controller_uid, heartbeat_changes, index_event, node_news, observe,
-    pod_node, trim_service, trim_slice, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex,
-    SliceIndex,
+    pod_node, trim_service, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex, SliceIndex,
 };
 use crate::own_writes::OwnWrites;
 use crate::status_writes::StatusWrites;
@@ -281,22 +280,21 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         watcher::Config::default(),
     );
 
-    // Every slice of the watched namespaces: a pod of ours may be behind any Service.
-    let (slices, slice_events) = cached_trimmed(
+    // Every slice of the watched namespaces: a pod of ours may be behind any Service. The
+    // index by pod is all that is kept of them.
+    let slice_index = SliceIndex::default();
+    let index = slice_index.clone();
+    let slice_events = watcher(
         api::<EndpointSlice>(&client, ns),
         watcher::Config::default(),
-        trim_slice,
-    );
-    let slice_index = SliceIndex::default();
-    let (index, slice_store) = (slice_index.clone(), slices.clone());
-    let slice_events = slice_events.inspect(move |event| {
-        if let Ok(slice) = event {
-            let ns = slice.namespace().unwrap_or_default();
-            let name = slice.name_any();
-            let current = slice_store.get(&ObjectRef::new(&name).within(&ns));
-            index.refresh(&ns, &name, current.as_deref());
+    )
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            index.apply(event);
         }
-    });
+    })
+    .backoff(crate::backoff::WatchBackoff::default())
+    .touched_objects();
 
     let caches = Caches {
         pods: pods.clone(),
@@ -309,7 +307,6 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         volumes,
         heartbeats: heartbeats.clone(),
         node_facts,
-        slices,
         slice_index,
         pods_by_owner,
         revisions_by_owner,

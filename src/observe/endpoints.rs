@@ -1,6 +1,7 @@
 //! Which EndpointSlices list which pods, and as ready or not: what a drain waits on. Kept
 //! as an index by pod, written by the EndpointSlice watch, so that a reconcile reads only
-//! its own pods' entries instead of scanning every slice.
+//! its own pods' entries instead of scanning every slice. The index is all that is kept of
+//! the slices: a store of them would hold a second copy (at 10,000 pods, 5 MiB of heap).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,6 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 
 use crate::health::Listing;
@@ -19,11 +21,11 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// (namespace, name)
 type Key = (String, String);
 
-/// One slice's listing of a pod.
+/// One slice's listing of a pod. The names are shared by every pod the slice lists.
 #[derive(Debug)]
 struct Listed {
-    slice: String,
-    service: String,
+    slice: Arc<str>,
+    service: Arc<str>,
     ready: bool,
 }
 
@@ -31,47 +33,52 @@ struct Listed {
 #[derive(Clone, Debug, Default)]
 pub struct SliceIndex {
     inner: Arc<Mutex<Index>>,
+    /// Whether a first full list of the slices is in.
+    listed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Debug, Default)]
 struct Index {
+    live: Listings,
+    /// What a list under way has listed so far; it replaces `live` once complete.
+    relisting: Option<Listings>,
+    /// Per pod uid: when the operator first saw it drained (gate closed, ready nowhere).
+    drained: HashMap<String, Timestamp>,
+}
+
+#[derive(Debug, Default)]
+struct Listings {
     /// Per pod: each slice that lists it, its Service and whether it lists the pod ready.
     /// A pod is in a slice or two: a short list, where a map per pod cost most of the index.
     by_pod: HashMap<Key, Vec<Listed>>,
     /// Per slice: the pods it lists, to forget them when it changes or goes.
     by_slice: HashMap<Key, Vec<String>>,
-    /// Per pod uid: when the operator first saw it drained (gate closed, ready nowhere).
-    drained: HashMap<String, Timestamp>,
 }
 
-impl SliceIndex {
-    fn index(&self) -> MutexGuard<'_, Index> {
-        // Plain data: a panic elsewhere while holding the lock leaves it usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records what a slice lists now; `current` is the slice as the store holds it after
-    /// the event (None once deleted).
-    pub fn refresh(&self, ns: &str, name: &str, current: Option<&EndpointSlice>) {
-        let mut index = self.index();
+impl Listings {
+    /// Records what a slice lists now (None once deleted).
+    fn refresh(&mut self, ns: &str, name: &str, current: Option<&EndpointSlice>) {
         let slice_key = (ns.to_string(), name.to_string());
-        for pod in index.by_slice.remove(&slice_key).unwrap_or_default() {
+        for pod in self.by_slice.remove(&slice_key).unwrap_or_default() {
             let pod_key = (ns.to_string(), pod);
-            if let Some(entries) = index.by_pod.get_mut(&pod_key) {
-                entries.retain(|e| e.slice != name);
+            if let Some(entries) = self.by_pod.get_mut(&pod_key) {
+                entries.retain(|e| &*e.slice != name);
                 if entries.is_empty() {
-                    index.by_pod.remove(&pod_key);
+                    self.by_pod.remove(&pod_key);
                 }
             }
         }
         let Some(slice) = current else {
             return;
         };
-        let service = slice
-            .labels()
-            .get(SERVICE_NAME_LABEL)
-            .cloned()
-            .unwrap_or_default();
+        let slice_name: Arc<str> = Arc::from(name);
+        let service: Arc<str> = Arc::from(
+            slice
+                .labels()
+                .get(SERVICE_NAME_LABEL)
+                .map(String::as_str)
+                .unwrap_or_default(),
+        );
         let mut pods = Vec::new();
         for endpoint in slice.endpoints.iter().flatten() {
             let Some(target) = endpoint.target_ref.as_ref() else {
@@ -89,20 +96,63 @@ impl SliceIndex {
                 .as_ref()
                 .and_then(|c| c.ready)
                 .unwrap_or(true);
-            let entries = index
+            let entries = self
                 .by_pod
                 .entry((ns.to_string(), pod.clone()))
                 .or_default();
             // A pod twice in one slice counts as the slice's last word on it.
-            entries.retain(|e| e.slice != name);
+            entries.retain(|e| &*e.slice != name);
             entries.push(Listed {
-                slice: name.to_string(),
+                slice: slice_name.clone(),
                 service: service.clone(),
                 ready,
             });
             pods.push(pod);
         }
-        index.by_slice.insert(slice_key, pods);
+        self.by_slice.insert(slice_key, pods);
+    }
+}
+
+impl SliceIndex {
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // Plain data: a panic elsewhere while holding the lock leaves it usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds the index from one watch event: a (re-)list replaces what it listed once it
+    /// is complete, so that a slice deleted while the watch was down is forgotten.
+    pub fn apply(&self, event: &Event<EndpointSlice>) {
+        let id = |s: &EndpointSlice| (s.namespace().unwrap_or_default(), s.name_any());
+        let mut index = self.index();
+        match event {
+            Event::Apply(slice) => {
+                let (ns, name) = id(slice);
+                index.live.refresh(&ns, &name, Some(slice));
+            }
+            Event::Delete(slice) => {
+                let (ns, name) = id(slice);
+                index.live.refresh(&ns, &name, None);
+            }
+            Event::Init => index.relisting = Some(Listings::default()),
+            Event::InitApply(slice) => {
+                let (ns, name) = id(slice);
+                if let Some(listing) = index.relisting.as_mut() {
+                    listing.refresh(&ns, &name, Some(slice));
+                }
+            }
+            Event::InitDone => {
+                if let Some(listed) = index.relisting.take() {
+                    index.live = listed;
+                }
+                drop(index);
+                self.listed.send_replace(true);
+            }
+        }
+    }
+
+    /// Resolves once a first full list of the slices is indexed.
+    pub async fn wait_until_listed(&self) {
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
     }
 
     /// How the slices of Services that route by readiness list pod `ns/pod`. A Service that
@@ -110,7 +160,7 @@ impl SliceIndex {
     /// drain cannot take a pod out of it, so it is not waited on.
     pub fn listing(&self, ns: &str, pod: &str, services: &Store<Service>) -> Listing {
         let index = self.index();
-        let Some(entries) = index.by_pod.get(&(ns.to_string(), pod.to_string())) else {
+        let Some(entries) = index.live.by_pod.get(&(ns.to_string(), pod.to_string())) else {
             return Listing::Unlisted;
         };
         let mut listing = Listing::Unlisted;
@@ -166,27 +216,6 @@ impl SliceIndex {
     }
 }
 
-/// Keeps of a slice what the index reads: its labels, and per endpoint its conditions and
-/// target. Addresses, ports, hints and topology are most of its size.
-pub fn trim_slice(slice: &mut EndpointSlice) {
-    slice.metadata.annotations = None;
-    slice.ports = None;
-    for e in slice.endpoints.iter_mut().flatten() {
-        e.addresses = Vec::new();
-        e.hints = None;
-        e.hostname = None;
-        e.node_name = None;
-        e.zone = None;
-        e.deprecated_topology = None;
-        if let Some(t) = e.target_ref.as_mut() {
-            t.uid = None;
-            t.resource_version = None;
-            t.field_path = None;
-            t.api_version = None;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +253,7 @@ mod tests {
         let store = services(&["headless"]);
         assert_eq!(index.listing("ns", "p", &store), Listing::Unlisted);
         let web = slice("web", &[("p", Some(true)), ("q", None)]);
-        index.refresh("ns", "web-abc", Some(&web));
+        index.apply(&Event::Apply(web));
         assert_eq!(index.listing("ns", "p", &store), Listing::Ready);
         assert_eq!(
             index.listing("ns", "q", &store),
@@ -232,10 +261,10 @@ mod tests {
             "unset is ready"
         );
         let web = slice("web", &[("p", Some(false))]);
-        index.refresh("ns", "web-abc", Some(&web));
+        index.apply(&Event::Apply(web));
         assert_eq!(index.listing("ns", "p", &store), Listing::NotReady);
         assert_eq!(index.listing("ns", "q", &store), Listing::Unlisted);
-        index.refresh("ns", "web-abc", None);
+        index.apply(&Event::Delete(slice("web", &[])));
         assert_eq!(index.listing("ns", "p", &store), Listing::Unlisted);
     }
 
@@ -244,7 +273,7 @@ mod tests {
         let index = SliceIndex::default();
         let store = services(&["headless"]);
         let headless = slice("headless", &[("p", Some(true))]);
-        index.refresh("ns", "headless-abc", Some(&headless));
+        index.apply(&Event::Apply(headless));
         assert_eq!(index.listing("ns", "p", &store), Listing::Unlisted);
     }
 
@@ -259,12 +288,40 @@ mod tests {
     }
 
     #[test]
-    fn a_trimmed_slice_keeps_what_the_index_reads() {
-        let mut s = slice("web", &[("p", Some(false))]);
-        trim_slice(&mut s);
+    fn a_relist_replaces_the_index_once_complete_and_forgets_a_slice_deleted_unseen() {
         let index = SliceIndex::default();
-        index.refresh("ns", "web-abc", Some(&s));
-        assert_eq!(index.listing("ns", "p", &services(&[])), Listing::NotReady);
-        assert!(s.endpoints.unwrap()[0].addresses.is_empty());
+        let store = services(&[]);
+        let old = slice("web", &[("p", Some(true))]);
+        index.apply(&Event::Apply(old));
+        assert_eq!(index.listing("ns", "p", &store), Listing::Ready);
+        // The watch was down while web-abc went and a slice of another Service came.
+        let other = slice("api", &[("q", Some(false))]);
+        index.apply(&Event::Init);
+        index.apply(&Event::InitApply(other));
+        assert_eq!(
+            index.listing("ns", "p", &store),
+            Listing::Ready,
+            "a list under way changes nothing yet"
+        );
+        index.apply(&Event::InitDone);
+        assert_eq!(index.listing("ns", "p", &store), Listing::Unlisted);
+        assert_eq!(index.listing("ns", "q", &store), Listing::NotReady);
+    }
+
+    #[tokio::test]
+    async fn the_index_is_listed_once_a_first_list_is_complete() {
+        let index = SliceIndex::default();
+        let waiting = tokio::spawn({
+            let index = index.clone();
+            async move { index.wait_until_listed().await }
+        });
+        index.apply(&Event::Init);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "not listed before the list is done");
+        index.apply(&Event::InitDone);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("listed once the list is done")
+            .unwrap();
     }
 }

@@ -10,7 +10,7 @@ mod node_facts;
 mod owners;
 
 pub use cached_pod::CachedPod;
-pub use endpoints::{trim_slice, SliceIndex};
+pub use endpoints::SliceIndex;
 pub use heartbeats::Heartbeats;
 pub use node_events::{heartbeat_changes, node_news};
 pub use node_facts::{NodeFacts, NodeFactsCache};
@@ -22,7 +22,6 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -47,8 +46,7 @@ pub struct Caches {
     pub heartbeats: Heartbeats,
     /// The nodes and their heartbeats as the passes read them, built once per change.
     pub node_facts: NodeFactsCache,
-    /// EndpointSlices (trimmed), and the index by pod the slice watch keeps of them.
-    pub slices: Store<EndpointSlice>,
+    /// The index by pod the EndpointSlice watch keeps: which slices list each pod.
     pub slice_index: SliceIndex,
     /// Pods and revisions by their controller's uid, claims by `namespace/service`, pods
     /// by node: kept by the watches, so a pass reads only what concerns it.
@@ -97,7 +95,7 @@ impl Caches {
             self.nodes.wait_until_ready(),
             self.leases.wait_until_ready(),
             self.volumes.wait_until_ready(),
-            self.slices.wait_until_ready(),
+            self.slice_index.wait_until_listed(),
         );
     }
 }
