@@ -25,7 +25,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
     claim_service_key, controller_uid, heartbeat_changes, index_event, node_news, observe,
-    pod_node, trim_service, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex, SliceIndex,
+    trim_service, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex, PodCache, SliceIndex,
 };
 use crate::own_writes::OwnWrites;
 use crate::status_writes::StatusWrites;
@@ -216,17 +216,17 @@ fn fenced_by(node: &Node) -> Option<ObjectRef<ResilientService>> {
 pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health: Arc<Health>) {
     let ns = options.namespace.as_deref();
     let ours = watcher::Config::default().labels(LABEL_SERVICE);
-    let (pods_by_owner, pods_by_node) = (OwnerIndex::default(), OwnerIndex::default());
-    let (by_owner, by_node) = (pods_by_owner.clone(), pods_by_node.clone());
-    let (pods, pod_events) = indexed(
-        api::<CachedPod>(&client, ns),
-        ours.clone(),
-        CachedPod::trim,
-        move |e| {
-            index_event(&by_owner, e, controller_uid);
-            index_event(&by_node, e, pod_node);
-        },
-    );
+    let pods = PodCache::default();
+    let cache = pods.clone();
+    let pod_events = watcher(api::<CachedPod>(&client, ns), ours.clone())
+        .modify(CachedPod::trim)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                cache.apply(event);
+            }
+        })
+        .backoff(crate::backoff::WatchBackoff::default())
+        .touched_objects();
     let claims_by_service = OwnerIndex::default();
     let by_service = claims_by_service.clone();
     let (claims, claim_events) = indexed(
@@ -308,10 +308,8 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         heartbeats: heartbeats.clone(),
         node_facts,
         slice_index,
-        pods_by_owner,
         revisions_by_owner,
         claims_by_service,
-        pods_by_node: pods_by_node.clone(),
     };
     let reporter = Reporter {
         controller: "perennial".into(),
@@ -333,16 +331,13 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     // A node event reconciles every service with a pod on that node, the service that
     // fenced it (its pods have left the node, but the fence is its to remove), and every
     // service a slot of which keeps off the node (the avoidance is lifted once it is back).
-    let (pods_on_node, node_index) = (pods.clone(), pods_by_node);
+    let pods_on_node = pods.clone();
     let watched = options.namespace.clone();
     let (service_store, service_writer) = reflector::store::<ResilientService>();
     let avoiding = service_store.clone();
     let node_to_services = move |node: Node| {
         let node_name = node.name_any();
-        let mut services = node_index
-            .owned(&node_name, &pods_on_node)
-            .iter()
-            .filter(|p| pod_node(p).as_deref() == Some(node_name.as_str()))
+        let mut services = (pods_on_node.on_node(&node_name).iter())
             .filter_map(|p| service_of_pod(p))
             .collect::<Vec<_>>();
         // Node events are few (heartbeats are filtered out), so the scan is rare.
@@ -366,7 +361,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let slice_to_services = move |slice: EndpointSlice| {
         let ns = slice.namespace().unwrap_or_default();
         let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
-            .filter_map(|pod| pods_in_slices.get(&ObjectRef::new(pod).within(&ns)))
+            .filter_map(|pod| pods_in_slices.get(&ns, pod))
             .filter(|p| matches!(p.gate(), health::Gate::Closed { .. }))
             .filter_map(|p| service_of_pod(&p))
             .collect();
@@ -400,7 +395,11 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .trigger_backoff(crate::backoff::EachWatchBacksOff)
         .reconcile_on(status_retries)
-        .owns_stream(pod_events)
+        // A trimmed pod keeps of its owners the service that controls it.
+        .watches_stream(pod_events, |p: CachedPod| {
+            let (_, name) = p.controller()?;
+            Some(ObjectRef::new(name).within(&p.namespace()?))
+        })
         .owns_stream(revision_events)
         .owns_stream(budget_events)
         .watches_stream(claim_events, by_label)
@@ -480,16 +479,13 @@ async fn sweep_deleted(
         ctx.status_writes
             .retain(|object| store.get(object).is_some());
         let pods = &ctx.caches.pods;
-        ctx.gates_opened.retain(|pod| pods.get(pod).is_some());
+        ctx.gates_opened.retain(|pod| {
+            pods.get(pod.namespace.as_deref().unwrap_or_default(), &pod.name)
+                .is_some()
+        });
         // Most sweeps find no drain under way: no scan of every pod then.
         if ctx.caches.slice_index.any_drained() {
-            let uids: std::collections::HashSet<String> = ctx
-                .caches
-                .pods
-                .state()
-                .iter()
-                .filter_map(|p| p.metadata.uid.clone())
-                .collect();
+            let uids = ctx.caches.pods.uids();
             ctx.caches
                 .slice_index
                 .retain_drained(|uid| uids.contains(uid));

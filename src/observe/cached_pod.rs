@@ -8,12 +8,12 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStatus, Pod, PodReadinessGate, PodSpec, PodStatus,
     ResourceRequirements,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde::Deserialize;
 
 use super::cached_condition::{self, CachedCondition, ConditionKind, ConditionStatus};
-use crate::api::{ANNOTATION_AVOIDS_NODE, RESERVED_LABELS};
+use crate::api::{ResilientService, ANNOTATION_AVOIDS_NODE, RESERVED_LABELS};
 
 /// A pod with its metadata (without managed fields, of the annotations only the node it
 /// keeps off, of the labels only ours) and what the health judgement, the drain and
@@ -29,6 +29,17 @@ pub struct CachedPod {
     /// however few labels it holds.
     #[serde(skip)]
     pub ours: [Option<Box<str>>; 3],
+    /// Once trimmed, the uid and name of the ResilientService that controls the pod: of
+    /// its owner references, all that is read (a list of them is a list and four strings a
+    /// reference, some 250 bytes a pod).
+    #[serde(skip)]
+    pub controller: Option<Box<[Box<str>; 2]>>,
+}
+
+/// Whether an owner reference names a ResilientService, of any version of the API.
+fn is_service(owner: &OwnerReference) -> bool {
+    owner.kind == ResilientService::kind(&())
+        && owner.api_version.split('/').next() == Some(&ResilientService::group(&()))
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -83,6 +94,11 @@ impl CachedPod {
     /// container's start time, the empty last state of one that never ended: a box of 208
     /// bytes each). The conditions are kept compact as they are decoded (cached_condition).
     pub fn trim(&mut self) {
+        if let Some(owners) = self.metadata.owner_references.take() {
+            self.controller = (owners.into_iter())
+                .find(|o| o.controller == Some(true) && is_service(o))
+                .map(|o| Box::new([o.uid.into_boxed_str(), o.name.into_boxed_str()]));
+        }
         if let Some(mut labels) = self.metadata.labels.take() {
             for (kept, key) in self.ours.iter_mut().zip(RESERVED_LABELS) {
                 *kept = labels.remove(key).map(String::into_boxed_str);
@@ -128,6 +144,36 @@ impl CachedPod {
         }
     }
 
+    /// The uid and name of the ResilientService that controls the pod, trimmed or not.
+    pub fn controller(&self) -> Option<(&str, &str)> {
+        match self.metadata.owner_references.as_deref() {
+            Some(owners) => (owners.iter())
+                .find(|o| o.controller == Some(true) && is_service(o))
+                .map(|o| (o.uid.as_str(), o.name.as_str())),
+            None => self
+                .controller
+                .as_deref()
+                .map(|[uid, name]| (&**uid, &**name)),
+        }
+    }
+
+    /// The owner references as a `Pod` carries them: once trimmed, the ResilientService
+    /// that controls it alone, all that is read of them.
+    fn owner_references(&self) -> Option<Vec<OwnerReference>> {
+        if self.metadata.owner_references.is_some() {
+            return self.metadata.owner_references.clone();
+        }
+        let (uid, name) = self.controller()?;
+        Some(vec![OwnerReference {
+            api_version: ResilientService::api_version(&()).into_owned(),
+            kind: ResilientService::kind(&()).into_owned(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }])
+    }
+
     /// The labels as a `Pod` carries them: ours alone once trimmed.
     fn labels(&self) -> Option<std::collections::BTreeMap<String, String>> {
         if self.metadata.labels.is_some() {
@@ -170,6 +216,7 @@ impl CachedPod {
         Pod {
             metadata: ObjectMeta {
                 labels: self.labels(),
+                owner_references: self.owner_references(),
                 ..self.metadata.clone()
             },
             spec: self.spec.as_ref().map(|s| PodSpec {
@@ -227,7 +274,8 @@ mod tests {
                 "annotations": {"note": "x".repeat(2000)},
                 "managedFields": [{"manager": "kubelet", "operation": "Update"}],
                 "ownerReferences": [{"apiVersion": "perennial.dev/v1alpha1", "kind": "ResilientService",
-                    "name": "web", "uid": "s", "controller": true}]},
+                    "name": "web", "uid": "s", "controller": true, "blockOwnerDeletion": true},
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c"}]},
             "spec": {"nodeName": "n1",
                 "readinessGates": [{"conditionType": crate::api::GATE_SERVING}],
                 "containers": [{"name": "app", "image": "example/app:1",
@@ -288,10 +336,18 @@ mod tests {
             assert_eq!(cached.gate(), gate_of(&whole), "{status}");
             assert_eq!(Serving::of(&pod), Serving::of(&whole), "{status}");
             assert_eq!(cached.node_name(), Some("n1"));
-            assert_eq!(
-                pod.metadata.owner_references,
-                whole.metadata.owner_references
-            );
+            assert_eq!(cached.controller(), Some(("s", "web")));
+            assert_eq!(cached.metadata.owner_references, None);
+            // Of the owners, the controller is kept, whole; nothing reads the others.
+            let controllers = |p: &Pod| {
+                let owners = p.metadata.owner_references.clone().unwrap_or_default();
+                let controllers: Vec<_> = (owners.into_iter())
+                    .filter(|o| o.controller == Some(true))
+                    .collect();
+                controllers
+            };
+            assert_eq!(controllers(&pod), controllers(&whole));
+            assert_eq!(controllers(&pod).len(), 1);
             assert_eq!(pod.metadata.labels, whole.metadata.labels);
             assert_eq!(pod.metadata.resource_version.as_deref(), Some("7"));
             assert_eq!(pod.metadata.annotations, None);

@@ -8,6 +8,7 @@ mod heartbeats;
 mod node_events;
 mod node_facts;
 mod owners;
+mod pod_cache;
 
 pub use cached_pod::CachedPod;
 pub use endpoints::SliceIndex;
@@ -15,6 +16,7 @@ pub use heartbeats::Heartbeats;
 pub use node_events::{heartbeat_changes, node_news};
 pub use node_facts::{NodeFacts, NodeFactsCache};
 pub use owners::{controller_uid, index_event, OwnerIndex};
+pub use pod_cache::PodCache;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,8 +34,8 @@ use crate::build;
 /// The shared caches the controller keeps.
 #[derive(Clone)]
 pub struct Caches {
-    /// Pods of ours, as `CachedPod` keeps them.
-    pub pods: Store<CachedPod>,
+    /// Pods of ours, as `CachedPod` keeps them, by name, service and node.
+    pub pods: PodCache,
     pub claims: Store<PersistentVolumeClaim>,
     pub revisions: Store<ControllerRevision>,
     pub services: Store<Service>,
@@ -48,12 +50,10 @@ pub struct Caches {
     pub node_facts: NodeFactsCache,
     /// The index by pod the EndpointSlice watch keeps: which slices list each pod.
     pub slice_index: SliceIndex,
-    /// Pods and revisions by their controller's uid, claims by `namespace/service`, pods
-    /// by node: kept by the watches, so a pass reads only what concerns it.
-    pub pods_by_owner: OwnerIndex,
+    /// Revisions by their controller's uid, claims by `namespace/service`: kept by the
+    /// watches, so a pass reads only what concerns it.
     pub revisions_by_owner: OwnerIndex,
     pub claims_by_service: OwnerIndex,
-    pub pods_by_node: OwnerIndex,
 }
 
 /// The key `Caches::claims_by_service` indexes a claim by: its namespace and the service
@@ -77,11 +77,6 @@ pub fn trim_service(svc: &mut ResilientService) {
 
 /// The annotation in which a client-side `kubectl apply` keeps what it last applied.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// The key `Caches::pods_by_node` indexes a pod by: the node it is bound to.
-pub fn pod_node(pod: &CachedPod) -> Option<String> {
-    pod.node_name().map(str::to_string)
-}
 
 impl Caches {
     /// Resolves once every cache has its first full list.
@@ -170,12 +165,8 @@ pub fn observe(svc: &ResilientService, caches: &Caches) -> Observed {
             Some((v, pv))
         })
         .collect();
-    // The index hears of a change just before the store applies it: the filter stays.
-    let pods: Vec<Arc<Pod>> = caches
-        .pods_by_owner
-        .owned(&uid, &caches.pods)
-        .into_iter()
-        .filter(|p| controlled(p.meta()))
+    let pods: Vec<Arc<Pod>> = (caches.pods.controlled_by(&uid).into_iter())
+        .filter(|p| same_ns(p.meta()))
         .map(|p| Arc::new(p.to_pod()))
         .collect();
     let (listings, drained) = drains(&namespace, &pods, caches, now);
@@ -241,9 +232,7 @@ fn pods_on_fenced_nodes(
 ) -> BTreeMap<String, Vec<Arc<Pod>>> {
     (nodes.fenced_by(&build::service_key(svc)).iter())
         .map(|(node, _)| {
-            // The index hears of a change just before the store applies it.
-            let on = (caches.pods_by_node.owned(node, &caches.pods).into_iter())
-                .filter(|p| p.node_name() == Some(node.as_str()))
+            let on = (caches.pods.on_node(node).iter())
                 .map(|p| Arc::new(p.to_pod()))
                 .collect();
             (node.clone(), on)

@@ -1,6 +1,7 @@
 //! Which cached objects belong to which service, kept as an index by the watch that feeds
-//! the cache: a reconcile then reads its own pods and revisions, O(its objects), instead of
-//! scanning and copying the whole cache, O(every pod of every service), on each pass.
+//! the cache: a reconcile then reads its own revisions and claims, O(its objects), instead
+//! of scanning and copying the whole cache on each pass. (Pods have a cache of their own
+//! that indexes them, pod_cache.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,8 +20,8 @@ pub struct OwnerIndex {
     inner: Arc<Mutex<Owners>>,
 }
 
-/// At 10,000 pods the index holds an entry per pod: each object's key is kept once for
-/// both maps, and each owner's once for all its objects.
+/// Each object's key is kept once for both maps, and each owner's once for all its
+/// objects.
 #[derive(Debug, Default)]
 struct Owners {
     by_owner: HashMap<Arc<str>, BTreeSet<Key>>,
