@@ -205,7 +205,7 @@ fn a_cached_pod_with_its_entries_by_name_service_and_node_costs_under_1_700_byte
 }
 
 #[test]
-fn a_cached_service_keeps_neither_managed_fields_nor_the_applied_copy_and_costs_under_10_kib() {
+fn a_cached_service_keeps_neither_managed_fields_nor_the_applied_copy_and_costs_under_9_kib() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let services = 200;
     let bodies: Vec<Vec<u8>> = (0..services)
@@ -214,16 +214,13 @@ fn a_cached_service_keeps_neither_managed_fields_nor_the_applied_copy_and_costs_
     let (per_service, store) = heap_per_cached(&bodies, perennial::observe::trim_service);
     println!("{per_service} bytes of heap per cached service");
     assert_eq!(store.len(), services);
-    // 23,510 bytes with its managed fields and the applied copy; 9,588 without.
-    assert!(per_service < 10 * 1024, "{per_service} bytes per service");
+    // 23,510 bytes with its managed fields and the applied copy; 9,588 without; 8,788
+    // with each slot's last failure boxed (room for one is 88 bytes a slot) and no
+    // annotation map left empty. Of the rest, the struct is 2.8 kB and its container 2.1.
+    assert!(per_service < 9 * 1024, "{per_service} bytes per service");
     let svc = store.state().pop().unwrap();
     assert_eq!(svc.metadata.managed_fields, None);
-    assert!(svc
-        .metadata
-        .annotations
-        .clone()
-        .unwrap_or_default()
-        .is_empty());
+    assert_eq!(svc.metadata.annotations, None);
 }
 
 #[test]

@@ -106,8 +106,10 @@ pub struct ReplicaStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
     /// The last failure identified for this slot.
+    // Boxed: most slots have none, and every slot of every cached service would carry the
+    // room for one (88 bytes) otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<Failure>,
+    pub last_failure: Option<Box<Failure>>,
 }
 
 /// An identified failure.
@@ -169,7 +171,7 @@ impl ResilientServiceStatus {
     pub fn records_as(&self, other: &Self) -> bool {
         let failures = |s: &Self| -> Vec<Option<Failure>> {
             (s.replica_statuses.iter())
-                .map(|r| r.last_failure.clone())
+                .map(|r| r.last_failure.as_deref().cloned())
                 .collect()
         };
         self.decides_as(other)
@@ -207,10 +209,12 @@ impl ResilientServiceStatus {
                     escalation: r.escalation.clone(),
                     avoid_node: r.avoid_node.clone(),
                     avoid_node_reason: r.avoid_node_reason.clone(),
-                    last_failure: r.last_failure.clone().map(|f| Failure {
-                        recovered_at: None,
-                        message: String::new(),
-                        ..f
+                    last_failure: r.last_failure.clone().map(|f| {
+                        Box::new(Failure {
+                            recovered_at: None,
+                            message: String::new(),
+                            ..*f
+                        })
                     }),
                     ..Default::default()
                 })

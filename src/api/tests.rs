@@ -304,11 +304,13 @@ fn only_what_each_pass_derives_again_carries_no_decision() {
         reason: Some("ReplicaNotReady".into()),
         ..Default::default()
     };
-    let failure = |reason: &str, recovered: Option<i64>| Failure {
-        reason: reason.into(),
-        message: format!("{reason} seen"),
-        at: Time(jiff::Timestamp::from_second(1_800_000_000).unwrap()),
-        recovered_at: recovered.map(|s| Time(jiff::Timestamp::from_second(s).unwrap())),
+    let failure = |reason: &str, recovered: Option<i64>| {
+        Box::new(Failure {
+            reason: reason.into(),
+            message: format!("{reason} seen"),
+            at: Time(jiff::Timestamp::from_second(1_800_000_000).unwrap()),
+            recovered_at: recovered.map(|s| Time(jiff::Timestamp::from_second(s).unwrap())),
+        })
     };
     let base = ResilientServiceStatus {
         replica_statuses: vec![ReplicaStatus {

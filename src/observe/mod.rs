@@ -73,6 +73,10 @@ pub fn trim_service(svc: &mut ResilientService) {
     if let Some(annotations) = svc.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
+    // A map emptied keeps its node (544 bytes); no map keeps none.
+    if (svc.metadata.annotations.as_ref()).is_some_and(|a| a.is_empty()) {
+        svc.metadata.annotations = None;
+    }
 }
 
 /// The annotation in which a client-side `kubectl apply` keeps what it last applied.
@@ -265,5 +269,10 @@ mod tests {
         assert_eq!(annotations.keys().collect::<Vec<_>>(), [ANNOTATION_ABORT]);
         assert_eq!(serde_json::to_value(&svc.spec).unwrap(), spec);
         assert_eq!(svc.metadata.resource_version.as_deref(), Some("7"));
+
+        // A service whose only annotation was the applied copy keeps no map at all.
+        svc.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        trim_service(&mut svc);
+        assert_eq!(svc.metadata.annotations, None);
     }
 }

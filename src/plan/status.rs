@@ -305,10 +305,10 @@ fn ledger(
             let last_failure = match pod.and_then(|p| slot_failure(svc, p, seen.now)) {
                 Some((reason, message)) => {
                     let prior = before.and_then(|b| b.last_failure.as_ref());
-                    Some(match prior {
+                    Some(Box::new(match prior {
                         Some(f) if f.reason == reason && f.recovered_at.is_none() => Failure {
                             message,
-                            ..f.clone()
+                            ..(**f).clone()
                         },
                         _ => Failure {
                             reason,
@@ -316,7 +316,7 @@ fn ledger(
                             at: Time(seen.now),
                             recovered_at: None,
                         },
-                    })
+                    }))
                 }
                 None => before
                     .and_then(|b| b.last_failure.clone())

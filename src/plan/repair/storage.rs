@@ -112,12 +112,12 @@ mod tests {
             ordinal: 0,
             node: node.map(Into::into),
             state: "Waiting".into(),
-            last_failure: Some(Failure {
+            last_failure: Some(Box::new(Failure {
                 reason: reason.into(),
                 message: "m".into(),
                 at: Time(fixtures::now()),
                 recovered_at: None,
-            }),
+            })),
             ..Default::default()
         }
     }

@@ -284,12 +284,12 @@ fn replacement_of_a_pod_lost_with_its_node_avoids_the_node_even_from_a_stale_sta
             ordinal: 1,
             node: Some("node-1".into()),
             state: "Waiting".into(),
-            last_failure: Some(crate::api::Failure {
+            last_failure: Some(Box::new(crate::api::Failure {
                 reason: "NodeLost".into(),
                 message: "node node-1 has not renewed its lease for 20 s".into(),
                 at: Time(now()),
                 recovered_at: None,
-            }),
+            })),
             ..Default::default()
         }],
         ..Default::default()
@@ -322,12 +322,12 @@ fn a_long_failure_stays_in_the_ledger_for_a_whole_quiet_period_after_recovery() 
     let entry = |recovered_at: Option<Time>| ReplicaStatus {
         ordinal: 0,
         state: "Failing".into(),
-        last_failure: Some(crate::api::Failure {
+        last_failure: Some(Box::new(crate::api::Failure {
             reason: "CrashLoopBackOff".into(),
             message: "back-off restarting".into(),
             at: Time(failed_long_ago),
             recovered_at,
-        }),
+        })),
         ..Default::default()
     };
     svc.status = Some(crate::api::ResilientServiceStatus {
