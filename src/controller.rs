@@ -25,7 +25,8 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
     claim_service_key, controller_uid, heartbeat_changes, index_event, node_news, observe,
-    trim_service, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex, PodCache, SliceIndex,
+    trim_node, trim_service, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex, PodCache,
+    SliceIndex,
 };
 use crate::own_writes::OwnWrites;
 use crate::status_writes::StatusWrites;
@@ -250,7 +251,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let (nodes, node_events) = reflected(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
-        |_| {},
+        trim_node,
         |_| {},
     );
     let node_facts = NodeFactsCache::default();

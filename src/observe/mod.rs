@@ -82,6 +82,35 @@ pub fn trim_service(svc: &mut ResilientService) {
 /// The annotation in which a client-side `kubectl apply` keeps what it last applied.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// What the node cache keeps of a node: what a node is judged by (its labels, taints,
+/// whether it is cordoned or deleted, its Ready condition) and the fence record. A kubelet's
+/// node also reports its images, addresses, capacity, system info and every other condition,
+/// several kB a node that nothing reads: fencing reads the node afresh before it writes.
+pub fn trim_node(node: &mut Node) {
+    if let Some(annotations) = node.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == crate::api::ANNOTATION_FENCE);
+    }
+    if (node.metadata.annotations.as_ref()).is_some_and(|a| a.is_empty()) {
+        node.metadata.annotations = None;
+    }
+    if let Some(spec) = node.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::NodeSpec {
+            taints: spec.taints.take(),
+            unschedulable: spec.unschedulable,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = node.status.as_mut() {
+        let ready = (status.conditions.take().into_iter().flatten())
+            .filter(|c| c.type_ == "Ready")
+            .collect::<Vec<_>>();
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            conditions: Some(ready),
+            ..Default::default()
+        };
+    }
+}
+
 impl Caches {
     /// Resolves once every cache has its first full list.
     pub async fn ready(&self) {
@@ -274,5 +303,93 @@ mod tests {
         svc.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
         trim_service(&mut svc);
         assert_eq!(svc.metadata.annotations, None);
+    }
+
+    /// A node as a kubelet reports it: images, addresses, capacity, system info and five
+    /// conditions, a fence record among other annotations.
+    fn kubelet_node() -> Node {
+        let fence = serde_json::json!({"service": "shop/web",
+            "taint": {"key": crate::health::OUT_OF_SERVICE_TAINT, "effect": "NoExecute"}});
+        let condition = |t: &str, status: &str| {
+            serde_json::json!({"type": t, "status": status, "reason": format!("Kubelet{t}"),
+                "message": "kubelet is posting ready status", "lastHeartbeatTime": "2026-12-05T10:00:00Z",
+                "lastTransitionTime": "2026-12-05T09:00:00Z"})
+        };
+        let images: Vec<_> = (0..40)
+            .map(|i| serde_json::json!({"names": [format!("registry.example/app{i}@sha256:{}", "0".repeat(64)),
+                format!("registry.example/app{i}:v{i}")], "sizeBytes": 50_000_000 + i}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-1", "resourceVersion": "42",
+                "labels": {"kubernetes.io/hostname": "node-1", "topology.kubernetes.io/zone": "zone-a"},
+                "annotations": {crate::api::ANNOTATION_FENCE: fence.to_string(),
+                    "node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"], "providerID": "kind://node-1",
+                "unschedulable": true,
+                "taints": [{"key": crate::health::OUT_OF_SERVICE_TAINT, "effect": "NoExecute"}]},
+            "status": {
+                "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"},
+                "allocatable": {"cpu": "8", "memory": "31Gi", "pods": "110", "ephemeral-storage": "90Gi"},
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.11"}, {"type": "Hostname", "address": "node-1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {"machineID": "m", "systemUUID": "s", "bootID": "b", "kernelVersion": "6.1",
+                    "osImage": "Debian", "containerRuntimeVersion": "containerd://1.7", "kubeletVersion": "v1.36.0",
+                    "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+                "images": images,
+                "conditions": [condition("MemoryPressure", "False"), condition("DiskPressure", "False"),
+                    condition("PIDPressure", "False"), condition("Ready", "False"), condition("NetworkUnavailable", "False")]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_node_cache_keeps_what_a_node_is_judged_by_and_its_fence_record_and_nothing_else() {
+        let node = kubelet_node();
+        let mut trimmed = node.clone();
+        trim_node(&mut trimmed);
+        // Judged the same, heard of the same, fenced by the same service.
+        assert_eq!(
+            crate::health::node_fingerprint(&trimmed),
+            crate::health::node_fingerprint(&node)
+        );
+        assert_eq!(trimmed.metadata.labels, node.metadata.labels);
+        assert_eq!(
+            build::FenceRecord::of(&trimmed).and_then(|r| r.fencer()),
+            Some(("shop".to_string(), "web".to_string()))
+        );
+        let annotations = trimmed.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [crate::api::ANNOTATION_FENCE]
+        );
+        let spec = trimmed.spec.clone().unwrap_or_default();
+        assert_eq!(spec.unschedulable, Some(true));
+        assert_eq!(spec.taints.unwrap_or_default().len(), 1);
+        assert_eq!((spec.pod_cidr, spec.provider_id), (None, None));
+        let status = trimmed.status.clone().unwrap_or_default();
+        let conditions = status.conditions.clone().unwrap_or_default();
+        assert_eq!(
+            conditions
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str()))
+                .collect::<Vec<_>>(),
+            [("Ready", "False")]
+        );
+        assert_eq!(
+            status,
+            k8s_openapi::api::core::v1::NodeStatus {
+                conditions: Some(conditions),
+                ..Default::default()
+            }
+        );
+        // A node with nothing to trim is left as it is.
+        let mut bare: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n"}})).unwrap();
+        trim_node(&mut bare);
+        assert_eq!(
+            (bare.spec, bare.status, bare.metadata.annotations),
+            (None, None, None)
+        );
     }
 }
