@@ -142,6 +142,13 @@ fn service(i: usize) -> Value {
 
 const PODS: usize = 2_000;
 
+/// The JSON bodies of `count` objects, as the API server sends them.
+fn bodies(count: usize, object: impl Fn(usize) -> Value) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| serde_json::to_vec(&object(i)).unwrap())
+        .collect()
+}
+
 /// Heap bytes per object of a store fed `bodies` as its watch feeds it (decoded, trimmed,
 /// stored), and the store.
 fn heap_per_cached<K>(bodies: &[Vec<u8>], trim: fn(&mut K)) -> (isize, Store<K>)
@@ -162,9 +169,7 @@ where
 #[test]
 fn a_cached_pod_with_its_entries_by_name_service_and_node_costs_under_1_700_bytes_of_heap() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let bodies: Vec<Vec<u8>> = (0..PODS)
-        .map(|i| serde_json::to_vec(&pod(i)).unwrap())
-        .collect();
+    let bodies = bodies(PODS, pod);
     let cache = PodCache::default();
     let before = live();
     for body in &bodies {
@@ -208,9 +213,7 @@ fn a_cached_pod_with_its_entries_by_name_service_and_node_costs_under_1_700_byte
 fn a_cached_service_keeps_neither_managed_fields_nor_the_applied_copy_and_costs_under_9_kib() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let services = 200;
-    let bodies: Vec<Vec<u8>> = (0..services)
-        .map(|i| serde_json::to_vec(&service(i)).unwrap())
-        .collect();
+    let bodies = bodies(services, service);
     let (per_service, store) = heap_per_cached(&bodies, perennial::observe::trim_service);
     println!("{per_service} bytes of heap per cached service");
     assert_eq!(store.len(), services);
@@ -266,9 +269,7 @@ fn node(i: usize) -> Value {
 fn a_cached_node_keeps_what_it_is_judged_by_and_costs_under_3_kib() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let nodes = 100;
-    let bodies: Vec<Vec<u8>> = (0..nodes)
-        .map(|i| serde_json::to_vec(&node(i)).unwrap())
-        .collect();
+    let bodies = bodies(nodes, node);
     let (whole, _) = heap_per_cached::<k8s_openapi::api::core::v1::Node>(&bodies, |n| {
         n.metadata.managed_fields = None
     });
@@ -286,16 +287,14 @@ fn a_cached_node_keeps_what_it_is_judged_by_and_costs_under_3_kib() {
 fn a_cached_revision_keeps_its_record_as_text_and_costs_under_2_kib() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let revisions = 200;
-    let bodies: Vec<Vec<u8>> = (0..revisions)
-        .map(|i| {
-            let svc: ResilientService = serde_json::from_value(service(i)).unwrap();
-            let mut revision =
-                serde_json::to_value(perennial::build::desired_revision(&svc, 1)).unwrap();
-            revision["metadata"]["uid"] = format!("9a1e7c2d-5b4f-4c3a-8e6d-{i:012}").into();
-            revision["metadata"]["resourceVersion"] = "123457".into();
-            serde_json::to_vec(&revision).unwrap()
-        })
-        .collect();
+    let bodies = bodies(revisions, |i| {
+        let svc: ResilientService = serde_json::from_value(service(i)).unwrap();
+        let mut revision =
+            serde_json::to_value(perennial::build::desired_revision(&svc, 1)).unwrap();
+        revision["metadata"]["uid"] = format!("9a1e7c2d-5b4f-4c3a-8e6d-{i:012}").into();
+        revision["metadata"]["resourceVersion"] = "123457".into();
+        revision
+    });
     let (per_revision, store) =
         heap_per_cached::<ControllerRevision>(&bodies, perennial::build::record_as_text);
     println!("{per_revision} bytes of heap per cached revision");
@@ -337,9 +336,7 @@ fn slice(i: usize) -> Value {
 fn the_slice_index_keeps_no_copy_of_a_slice_and_costs_under_450_bytes_a_listed_pod() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let slices = PODS / 10;
-    let bodies: Vec<Vec<u8>> = (0..slices)
-        .map(|i| serde_json::to_vec(&slice(i)).unwrap())
-        .collect();
+    let bodies = bodies(slices, slice);
     let index = SliceIndex::default();
     let before = live();
     for body in &bodies {
