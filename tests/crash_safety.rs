@@ -171,6 +171,12 @@ async fn play(scenario: Scenario, kill: Option<u64>) -> Outcome {
                 }
             })
             .await;
+            if !exited {
+                // Converged first. Stop it as a pod is stopped, not with a kill: a write the
+                // server accepted just before a kill would be counted without the hook having
+                // seen its answer. A graceful stop lets that pass finish and the hook count.
+                op.stop(TIMEOUT).await;
+            }
             let said = op
                 .output()
                 .lines()

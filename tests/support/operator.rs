@@ -72,6 +72,29 @@ impl Operator {
         strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
+    /// Asks the operator to stop as a pod's termination does (SIGTERM) and waits until it
+    /// has exited: passes under way finish their writes first.
+    pub async fn stop(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        if let Some(status) = self.child.try_wait().expect("poll the operator") {
+            return status;
+        }
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM to the operator: {sent}");
+        let child = &mut self.child;
+        super::wait_for("the operator to exit on SIGTERM", timeout, || {
+            let exited = child.try_wait();
+            async move {
+                exited
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "still running".to_string())
+            }
+        })
+        .await
+    }
+
     /// Panics unless the process still runs and has logged no panic.
     pub fn assert_sound(&mut self, after: &str) {
         let exited = self.child.try_wait().expect("poll the operator");
