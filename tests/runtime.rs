@@ -181,11 +181,7 @@ async fn sigterm_releases_the_lease_at_once_and_the_standby_takes_over() {
     );
 
     let sent = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    first.terminate();
     let taken = wait_for("the standby to take over", TIMEOUT, || async {
         match holder(&ns, &lease).await {
             Some(h) if h.ends_with(&format!("-{}", second.child.id())) => Ok(sent.elapsed()),

@@ -22,6 +22,9 @@ use serde_json::json;
 use super::support::*;
 use super::{write_results, Kind};
 
+/// How long a heap-profiling operator may take to write its profile once told to stop.
+const PROFILE_WRITTEN: Duration = Duration::from_secs(600);
+
 fn env_or(name: &str, default: u64) -> u64 {
     env_opt(name).unwrap_or(default)
 }
@@ -342,7 +345,7 @@ async fn bench_scale_many_services() {
     let tuning = std::env::var("BENCH_OPERATOR_ARGS").unwrap_or_default();
     let mut args = vec!["--leader-elect=false", "--metrics-addr", "127.0.0.1:0"];
     args.extend(tuning.split_whitespace());
-    let op = Operator::start_with(&ns.name, &args);
+    let mut op = Operator::start_with(&ns.name, &args);
     let addr = metrics_addr(&op).await;
     let (_, _, cpu0) = process_figures(op.child.id());
     let passes0 = reconciles(&scrape(&addr).await);
@@ -388,7 +391,8 @@ async fn bench_scale_many_services() {
         "cpu_ms_per_pod_converging": ours_row.cpu_converging * 1000.0 / pods_total as f64,
     }));
     if std::env::var_os("PERENNIAL_HEAP_PROFILE").is_some() {
-        stop_gracefully(op);
+        // SIGTERM, so that the heap-profiling build writes its profile.
+        op.stop(PROFILE_WRITTEN).await;
     } else {
         drop(op);
     }
@@ -497,18 +501,6 @@ async fn bench_scale_many_services() {
         "-tuned"
     };
     write_results(&format!("scale-{pods_total}{tuned}"), json!(rows));
-}
-
-/// SIGTERM, so that a heap-profiling build writes its profile, then waits for the exit.
-fn stop_gracefully(mut op: Operator) {
-    let pid = op.child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .is_ok_and(|s| s.success());
-    if sent {
-        let _ = op.child.wait();
-    }
 }
 
 /// One side's figures, as the table prints them.

@@ -72,17 +72,23 @@ impl Operator {
         strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
-    /// Asks the operator to stop as a pod's termination does (SIGTERM) and waits until it
-    /// has exited: passes under way finish their writes first.
-    pub async fn stop(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
-        if let Some(status) = self.child.try_wait().expect("poll the operator") {
-            return status;
-        }
+    /// Sends the operator SIGTERM, as a pod's termination does, and returns at once.
+    pub fn terminate(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success(), "SIGTERM to the operator: {sent}");
+    }
+
+    /// Asks the operator to stop as a pod's termination does (SIGTERM) and waits until it
+    /// has exited: passes under way finish their writes first, and a heap-profiling build
+    /// writes its profile.
+    pub async fn stop(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        if let Some(status) = self.child.try_wait().expect("poll the operator") {
+            return status;
+        }
+        self.terminate();
         let child = &mut self.child;
         super::wait_for("the operator to exit on SIGTERM", timeout, || {
             let exited = child.try_wait();
