@@ -20,12 +20,12 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::act::Recorder;
-use crate::api::{ResilientService, LABEL_SERVICE};
+use crate::api::LABEL_SERVICE;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::observe::{
     claim_service_key, controller_uid, heartbeat_changes, index_event, node_news, observe,
-    trim_node, trim_service, CachedPod, Caches, Heartbeats, NodeFactsCache, OwnerIndex, PodCache,
+    trim_node, CachedPod, CachedService, Caches, Heartbeats, NodeFactsCache, OwnerIndex, PodCache,
     SliceIndex,
 };
 use crate::own_writes::OwnWrites;
@@ -46,11 +46,22 @@ const EVENT_FLUSH: Duration = Duration::from_secs(30);
 /// for services that no longer exist.
 const SWEEP: Duration = Duration::from_secs(5);
 
+/// A service, as the controller's queue names it.
+type ServiceRef = ObjectRef<CachedService>;
+
 /// Errors of a reconcile pass.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Act(#[from] act::Error),
+    /// The cache keeps each service as the JSON it was decoded from: decoding it again
+    /// cannot fail unless the operator has a bug.
+    #[error("the cached copy of ResilientService {namespace}/{name} could not be decoded; this is a bug of the operator: {source}")]
+    Decode {
+        namespace: String,
+        name: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Options of a running controller.
@@ -67,7 +78,7 @@ pub struct Context {
     client: Client,
     caches: Caches,
     recorder: Recorder,
-    failures: Mutex<HashMap<ObjectRef<ResilientService>, u32>>,
+    failures: Mutex<HashMap<ServiceRef, u32>>,
     /// The status writes: which copy a pass plans from and writes over, and when.
     status_writes: Arc<StatusWrites>,
     /// Copies of pods whose gate our patch opened: a pass that reads one takes the gate
@@ -185,30 +196,30 @@ where
 }
 
 /// Maps an object carrying our service label to its ResilientService.
-fn by_label<K: Resource>(object: K) -> Option<ObjectRef<ResilientService>> {
+fn by_label<K: Resource>(object: K) -> Option<ServiceRef> {
     service_of(&object)
 }
 
 /// Keeps the first of each service: a pass is asked for once.
-fn unique(services: &mut Vec<ObjectRef<ResilientService>>) {
+fn unique(services: &mut Vec<ServiceRef>) {
     let mut seen = std::collections::HashSet::new();
     services.retain(|s| seen.insert(s.clone()));
 }
 
-fn service_of<K: Resource>(object: &K) -> Option<ObjectRef<ResilientService>> {
+fn service_of<K: Resource>(object: &K) -> Option<ServiceRef> {
     let name = object.meta().labels.as_ref()?.get(LABEL_SERVICE)?;
     let ns = object.meta().namespace.as_deref()?;
     Some(ObjectRef::new(name).within(ns))
 }
 
 /// The service a cached pod belongs to, by the label of ours the cache keeps apart.
-fn service_of_pod(pod: &CachedPod) -> Option<ObjectRef<ResilientService>> {
+fn service_of_pod(pod: &CachedPod) -> Option<ServiceRef> {
     let name = pod.label(LABEL_SERVICE)?;
     Some(ObjectRef::new(name).within(pod.metadata.namespace.as_deref()?))
 }
 
 /// The service that fenced a node, as the node's fence record names it.
-fn fenced_by(node: &Node) -> Option<ObjectRef<ResilientService>> {
+fn fenced_by(node: &Node) -> Option<ServiceRef> {
     let (ns, name) = crate::build::FenceRecord::of(node)?.fencer()?;
     Some(ObjectRef::new(&name).within(&ns))
 }
@@ -334,7 +345,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     // service a slot of which keeps off the node (the avoidance is lifted once it is back).
     let pods_on_node = pods.clone();
     let watched = options.namespace.clone();
-    let (service_store, service_writer) = reflector::store::<ResilientService>();
+    let (service_store, service_writer) = reflector::store::<CachedService>();
     let avoiding = service_store.clone();
     let node_to_services = move |node: Node| {
         let node_name = node.name_any();
@@ -344,7 +355,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         // Node events are few (heartbeats are filtered out), so the scan is rare.
         services.extend(
             (avoiding.state().iter())
-                .filter(|s| (s.status.as_ref()).is_some_and(|st| st.keeps_off(&node_name)))
+                .filter(|s| s.keeps_off(&node_name))
                 .map(|s| ObjectRef::from(s.as_ref())),
         );
         unique(&mut services);
@@ -361,7 +372,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let pods_in_slices = pods.clone();
     let slice_to_services = move |slice: EndpointSlice| {
         let ns = slice.namespace().unwrap_or_default();
-        let mut services: Vec<ObjectRef<ResilientService>> = SliceIndex::pods_of(&slice)
+        let mut services: Vec<ServiceRef> = SliceIndex::pods_of(&slice)
             .filter_map(|pod| pods_in_slices.get(&ns, pod))
             .filter(|p| matches!(p.gate(), health::Gate::Closed { .. }))
             .filter_map(|p| service_of_pod(&p))
@@ -375,7 +386,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let thresholds = service_store.clone();
     let first_loss = move || {
         (thresholds.state().iter())
-            .map(|s| i64::from(s.spec.repair.node_lost_after_seconds))
+            .map(|s| i64::from(s.node_lost_after_seconds()))
             .min()
     };
     // The services' own watch backs off as each cache's does (WatchBackoff), and so the
@@ -385,10 +396,9 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     let service_triggers = reflector::reflector(
         service_writer,
         watcher(
-            api::<ResilientService>(&client, ns),
+            api::<CachedService>(&client, ns),
             watcher::Config::default(),
-        )
-        .modify(trim_service),
+        ),
     )
     .backoff(crate::backoff::WatchBackoff::default())
     .applied_objects();
@@ -411,10 +421,8 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         })
         .watches_stream(node_news(node_events), node_to_services)
         // Renewals are not news; a node that falls silent or wakes up is (below).
-        .watches_stream(lease_events, |_: Lease| None::<ObjectRef<ResilientService>>)
-        .watches_stream(volume_events, |_: PersistentVolume| {
-            None::<ObjectRef<ResilientService>>
-        })
+        .watches_stream(lease_events, |_: Lease| None::<ServiceRef>)
+        .watches_stream(volume_events, |_: PersistentVolume| None::<ServiceRef>)
         .watches_stream(
             heartbeat_changes(nodes, leases, heartbeats, first_loss),
             silent_nodes,
@@ -459,11 +467,7 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
 
 /// Drops, every SWEEP, the replica series and error backoffs of services the store no
 /// longer holds: a deleted service leaves no gauge and no entry behind.
-async fn sweep_deleted(
-    store: Store<ResilientService>,
-    namespace: Option<String>,
-    ctx: Arc<Context>,
-) {
+async fn sweep_deleted(store: Store<CachedService>, namespace: Option<String>, ctx: Arc<Context>) {
     let mut interval = tokio::time::interval(SWEEP);
     loop {
         interval.tick().await;
@@ -494,7 +498,7 @@ async fn sweep_deleted(
     }
 }
 
-async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+async fn reconcile(svc: Arc<CachedService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     ctx.metrics.reconciles_in_flight.inc();
     let started = std::time::Instant::now();
     let result = reconcile_pass(&svc, &ctx).await;
@@ -515,21 +519,23 @@ async fn reconcile(svc: Arc<ResilientService>, ctx: Arc<Context>) -> Result<Requ
     result
 }
 
-async fn reconcile_pass(
-    cached: &Arc<ResilientService>,
-    ctx: &Arc<Context>,
-) -> Result<Requeue, Error> {
+async fn reconcile_pass(kept: &CachedService, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     // Plan nothing from half-filled caches: an empty pod cache would look like lost pods.
     if !ctx.synced.load(Ordering::Acquire) {
         return Ok(Requeue::requeue(CACHE_SYNC_RETRY));
     }
-    let span = tracing::info_span!("reconcile", namespace = %cached.namespace().unwrap_or_default(), name = %cached.name_any());
+    let span = tracing::info_span!("reconcile", namespace = %kept.namespace().unwrap_or_default(), name = %kept.name_any());
     let _enter = span.enter();
-    if cached.metadata.deletion_timestamp.is_some() {
+    if kept.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes what the service owns; retained claims stay.
         return Ok(Requeue::await_change());
     }
-    let key = ObjectRef::from(cached.as_ref());
+    let key = ObjectRef::from(kept);
+    let cached = &Arc::new(kept.decode().map_err(|source| Error::Decode {
+        namespace: kept.namespace().unwrap_or_default(),
+        name: kept.name_any(),
+        source,
+    })?);
     let Some(svc) = ctx.status_writes.copy_to_plan_from(&key, cached) else {
         tracing::debug!("skipped: a status write was refused, the newer copy is on its way");
         return Ok(Requeue::requeue(STALE_COPY_RETRY));
@@ -595,7 +601,7 @@ async fn reconcile_pass(
 }
 
 /// Transient errors are retried with a per-object exponential backoff: never a hot loop.
-fn error_policy(svc: Arc<ResilientService>, error: &Error, ctx: Arc<Context>) -> Requeue {
+fn error_policy(svc: Arc<CachedService>, error: &Error, ctx: Arc<Context>) -> Requeue {
     let attempts = ctx
         .failures
         .lock()
@@ -607,6 +613,7 @@ fn error_policy(svc: Arc<ResilientService>, error: &Error, ctx: Arc<Context>) ->
         .unwrap_or(1);
     let transient = match error {
         Error::Act(e) => e.is_transient(),
+        Error::Decode { .. } => false,
     };
     let delay = crate::backoff::retry_delay(attempts, transient);
     tracing::warn!(namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any(), %error, transient, retry_in = ?delay, "reconcile failed");

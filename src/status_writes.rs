@@ -23,11 +23,18 @@ use tokio::task::JoinHandle;
 
 use crate::act::{self, StatusWrite};
 use crate::api::{ResilientService, ResilientServiceStatus};
-use crate::observe::trim_service;
+use crate::observe::{trim_service, CachedService};
 use crate::own_writes::{Freshness, OwnWrites};
 use crate::plan;
 
-type Key = ObjectRef<ResilientService>;
+/// A service, as the service cache and the controller's queue name it.
+pub type Key = ObjectRef<CachedService>;
+
+/// The key of `svc`.
+pub fn key_of(svc: &ResilientService) -> Key {
+    ObjectRef::new(&svc.metadata.name.clone().unwrap_or_default())
+        .within(svc.metadata.namespace.as_deref().unwrap_or_default())
+}
 
 /// The least time between two status writes of a service that change only what the world
 /// shows again on the next pass (counts, slot states, messages): while pods start in a
@@ -271,7 +278,7 @@ mod tests {
             ..Default::default()
         };
         let svc = service(old.clone());
-        let key = ObjectRef::from(&svc);
+        let key = key_of(&svc);
         let counts = ResilientServiceStatus {
             ready_replicas: 3,
             ..old.clone()
@@ -326,7 +333,7 @@ mod tests {
     fn pending(writes: &StatusWrites, base: &ResilientService, status: &ResilientServiceStatus) {
         let mut written = base.clone();
         written.status = Some(status.clone());
-        guard(&writes.pending).insert(ObjectRef::from(base), Arc::new(written));
+        guard(&writes.pending).insert(key_of(base), Arc::new(written));
     }
 
     #[tokio::test]
@@ -338,7 +345,7 @@ mod tests {
             ..Default::default()
         };
         let cached = at_version(service(old.clone()), "7");
-        let key = ObjectRef::from(cached.as_ref());
+        let key = key_of(&cached);
         let being_written = ResilientServiceStatus {
             ready_replicas: 3,
             ..old.clone()

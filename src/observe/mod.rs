@@ -3,6 +3,7 @@
 
 mod cached_condition;
 mod cached_pod;
+mod cached_service;
 mod endpoints;
 mod heartbeats;
 mod node_events;
@@ -11,6 +12,7 @@ mod owners;
 mod pod_cache;
 
 pub use cached_pod::CachedPod;
+pub use cached_service::CachedService;
 pub use endpoints::SliceIndex;
 pub use heartbeats::Heartbeats;
 pub use node_events::{heartbeat_changes, node_news};

@@ -1,7 +1,9 @@
 //! Prometheus metrics: what the operator does and what it finds.
 
+mod service_series;
+
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use service_series::{ServiceGauges, ServiceSeries};
 
 use crate::api::{condition, ResilientServiceStatus};
 use crate::plan::Action;
@@ -31,26 +35,6 @@ pub struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplicaLabels {
-    pub namespace: String,
-    pub name: String,
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
-    pub namespace: String,
-    pub name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConditionLabels {
-    pub namespace: String,
-    pub name: String,
-    pub condition: String,
 }
 
 /// The condition types of a service, each exported for every service (1 while True).
@@ -97,14 +81,10 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     pub repairs: Family<KindLabel, Counter>,
     pub rollouts: Family<EventLabel, Counter>,
-    pub replicas: Family<ReplicaLabels, Gauge>,
-    pub conditions: Family<ConditionLabels, Gauge>,
-    pub storm_guard: Family<ServiceLabels, Gauge>,
+    /// Replicas by state, conditions and the storm guard, of each service.
+    services: Arc<ServiceSeries>,
     pub leader: Gauge,
     pub reconciles_in_flight: Gauge,
-    /// (namespace, name) of every service with replica series, so that the series of a
-    /// deleted one can be dropped: a family cannot list its own label sets.
-    services: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -116,12 +96,9 @@ impl Default for Metrics {
             failures: Family::default(),
             repairs: Family::default(),
             rollouts: Family::default(),
-            replicas: Family::default(),
-            conditions: Family::default(),
-            storm_guard: Family::default(),
+            services: Arc::default(),
             leader: Gauge::default(),
             reconciles_in_flight: Gauge::default(),
-            services: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -150,21 +127,6 @@ impl Default for Metrics {
             m.rollouts.clone(),
         );
         registry.register(
-            "replicas",
-            "Replicas by service and state",
-            m.replicas.clone(),
-        );
-        registry.register(
-            "service_condition",
-            "1 while the condition of the service is True, 0 otherwise",
-            m.conditions.clone(),
-        );
-        registry.register(
-            "storm_guard_holding",
-            "1 while the storm guard holds the node-loss repairs of the service (MassFailureSuspected)",
-            m.storm_guard.clone(),
-        );
-        registry.register(
             "leader",
             "1 while this replica is the leader",
             m.leader.clone(),
@@ -187,6 +149,7 @@ impl Default for Metrics {
                 event: event.into(),
             });
         }
+        registry.register_collector(Box::new(m.services.clone()));
         Self { registry, ..m }
     }
 }
@@ -282,23 +245,12 @@ impl Metrics {
                 })
                 .inc();
         }
-        self.services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((namespace.to_string(), name.to_string()));
-        for state in STATES {
-            let n = after
-                .replica_statuses
-                .iter()
+        let mut gauges = ServiceGauges::default();
+        for (n, state) in gauges.replicas.iter_mut().zip(STATES) {
+            let count = (after.replica_statuses.iter())
                 .filter(|r| r.state == state)
                 .count();
-            self.replicas
-                .get_or_create(&ReplicaLabels {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    state: state.into(),
-                })
-                .set(n as i64);
+            *n = u32::try_from(count).unwrap_or(u32::MAX);
         }
         let is_true = |type_: &str| {
             after
@@ -306,22 +258,11 @@ impl Metrics {
                 .iter()
                 .find(|c| c.type_ == type_ && c.status == "True")
         };
-        for type_ in CONDITIONS {
-            self.conditions
-                .get_or_create(&ConditionLabels {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    condition: type_.into(),
-                })
-                .set(i64::from(is_true(type_).is_some()));
+        for (is, type_) in gauges.conditions.iter_mut().zip(CONDITIONS) {
+            *is = is_true(type_).is_some();
         }
-        let storm = is_true(condition::DEGRADED).is_some_and(|c| c.reason == STORM_REASON);
-        self.storm_guard
-            .get_or_create(&ServiceLabels {
-                namespace: namespace.into(),
-                name: name.into(),
-            })
-            .set(i64::from(storm));
+        gauges.storm = is_true(condition::DEGRADED).is_some_and(|c| c.reason == STORM_REASON);
+        self.services.set(namespace, name, gauges);
     }
 
     /// Drops the replica series of every service in `namespace` (all namespaces when None)
@@ -333,31 +274,7 @@ impl Metrics {
         namespace: Option<&str>,
         exists: impl Fn(&str, &str) -> bool,
     ) {
-        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        services.retain(|(ns, name)| {
-            if namespace.is_some_and(|n| n != ns) || exists(ns, name) {
-                return true;
-            }
-            for state in STATES {
-                self.replicas.remove(&ReplicaLabels {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    state: state.into(),
-                });
-            }
-            for type_ in CONDITIONS {
-                self.conditions.remove(&ConditionLabels {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    condition: type_.into(),
-                });
-            }
-            self.storm_guard.remove(&ServiceLabels {
-                namespace: ns.clone(),
-                name: name.clone(),
-            });
-            false
-        });
+        self.services.retain(namespace, exists);
     }
 
     /// The metrics in the Prometheus text format (version 0.0.4, what `/metrics` declares).
