@@ -6,13 +6,13 @@
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStatus, Pod, PodReadinessGate, PodSpec, PodStatus,
-    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde::Deserialize;
 
 use super::cached_condition::{self, CachedCondition, ConditionKind, ConditionStatus};
+use super::cached_resources::CachedResources;
 use crate::api::{ResilientService, ANNOTATION_AVOIDS_NODE, RESERVED_LABELS};
 
 /// A pod with its metadata (without managed fields, of the annotations only the node it
@@ -56,7 +56,7 @@ pub struct CachedSpec {
 pub struct CachedContainer {
     pub name: String,
     pub image: Option<String>,
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<CachedResources>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -85,7 +85,7 @@ pub struct CachedContainerStatus {
     pub started: Option<bool>,
     pub state: Option<Box<ContainerState>>,
     pub last_state: Option<Box<ContainerState>>,
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<CachedResources>,
 }
 
 impl CachedPod {
@@ -226,7 +226,7 @@ impl CachedPod {
                     .map(|c| Container {
                         name: c.name.clone(),
                         image: c.image.clone(),
-                        resources: c.resources.clone(),
+                        resources: c.resources.as_ref().map(CachedResources::to_requirements),
                         ..Default::default()
                     })
                     .collect(),
@@ -248,7 +248,7 @@ impl CachedPod {
                             started: c.started,
                             state: c.state.as_deref().cloned(),
                             last_state: c.last_state.as_deref().cloned(),
-                            resources: c.resources.clone(),
+                            resources: c.resources.as_ref().map(CachedResources::to_requirements),
                             ..Default::default()
                         })
                         .collect()

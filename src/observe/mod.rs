@@ -3,6 +3,7 @@
 
 mod cached_condition;
 mod cached_pod;
+mod cached_resources;
 mod cached_service;
 mod endpoints;
 mod heartbeats;
