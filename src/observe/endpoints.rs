@@ -18,15 +18,55 @@ use crate::health::Listing;
 /// The label naming the Service a slice belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// (namespace, name)
-type Key = (String, String);
-
 /// One slice's listing of a pod. The names are shared by every pod the slice lists.
 #[derive(Debug)]
 struct Listed {
     slice: Arc<str>,
     service: Arc<str>,
     ready: bool,
+}
+
+/// The slices that list one pod: nearly always one, kept then without a list of its own.
+#[derive(Debug)]
+enum Entries {
+    One(Listed),
+    Many(Vec<Listed>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Listed] {
+        match self {
+            Self::One(listed) => std::slice::from_ref(listed),
+            Self::Many(all) => all,
+        }
+    }
+
+    /// Records a slice's listing; a slice's last word on a pod replaces what it said before.
+    fn set(&mut self, listed: Listed) {
+        match self {
+            Self::One(kept) if kept.slice == listed.slice => *kept = listed,
+            Self::One(_) => {
+                if let Self::One(first) = std::mem::replace(self, Self::Many(Vec::new())) {
+                    *self = Self::Many(vec![first, listed]);
+                }
+            }
+            Self::Many(all) => {
+                all.retain(|e| e.slice != listed.slice);
+                all.push(listed);
+            }
+        }
+    }
+
+    /// Forgets slice `name`'s listing; true when no slice lists the pod any more.
+    fn forget(&mut self, name: &str) -> bool {
+        match self {
+            Self::One(kept) => &*kept.slice == name,
+            Self::Many(all) => {
+                all.retain(|e| &*e.slice != name);
+                all.is_empty()
+            }
+        }
+    }
 }
 
 /// The slices that list each pod, written by the slice watch and read by reconciles.
@@ -48,27 +88,30 @@ struct Index {
 
 #[derive(Debug, Default)]
 struct Listings {
-    /// Per pod: each slice that lists it, its Service and whether it lists the pod ready.
-    /// A pod is in a slice or two: a short list, where a map per pod cost most of the index.
-    by_pod: HashMap<Key, Vec<Listed>>,
-    /// Per slice: the pods it lists, to forget them when it changes or goes.
-    by_slice: HashMap<Key, Vec<String>>,
+    /// By namespace, then by pod: each slice that lists the pod, its Service and whether it
+    /// lists the pod ready. The namespace is kept once, and each pod's name once for this
+    /// map and the slices' lists below.
+    by_pod: HashMap<Arc<str>, HashMap<Arc<str>, Entries>>,
+    /// Per slice (namespace, name): the pods it lists, to forget them when it changes or goes.
+    by_slice: HashMap<(String, String), Vec<Arc<str>>>,
 }
 
 impl Listings {
     /// Records what a slice lists now (None once deleted).
     fn refresh(&mut self, ns: &str, name: &str, current: Option<&EndpointSlice>) {
         let slice_key = (ns.to_string(), name.to_string());
-        for pod in self.by_slice.remove(&slice_key).unwrap_or_default() {
-            let pod_key = (ns.to_string(), pod);
-            if let Some(entries) = self.by_pod.get_mut(&pod_key) {
-                entries.retain(|e| &*e.slice != name);
-                if entries.is_empty() {
-                    self.by_pod.remove(&pod_key);
+        let listed_before = self.by_slice.remove(&slice_key).unwrap_or_default();
+        if let Some(pods) = self.by_pod.get_mut(ns) {
+            for pod in &listed_before {
+                if pods.get_mut(&**pod).is_some_and(|e| e.forget(name)) {
+                    pods.remove(&**pod);
                 }
             }
         }
         let Some(slice) = current else {
+            if self.by_pod.get(ns).is_some_and(HashMap::is_empty) {
+                self.by_pod.remove(ns);
+            }
             return;
         };
         let slice_name: Arc<str> = Arc::from(name);
@@ -79,6 +122,11 @@ impl Listings {
                 .map(String::as_str)
                 .unwrap_or_default(),
         );
+        let namespace = match self.by_pod.get_key_value(ns) {
+            Some((kept, _)) => kept.clone(),
+            None => Arc::from(ns),
+        };
+        let pods_here = self.by_pod.entry(namespace).or_default();
         let mut pods = Vec::new();
         for endpoint in slice.endpoints.iter().flatten() {
             let Some(target) = endpoint.target_ref.as_ref() else {
@@ -87,7 +135,7 @@ impl Listings {
             if target.kind.as_deref() != Some("Pod") {
                 continue;
             }
-            let Some(pod) = target.name.clone() else {
+            let Some(pod) = target.name.as_deref() else {
                 continue;
             };
             // A condition left out means ready, as the API documents.
@@ -96,18 +144,25 @@ impl Listings {
                 .as_ref()
                 .and_then(|c| c.ready)
                 .unwrap_or(true);
-            let entries = self
-                .by_pod
-                .entry((ns.to_string(), pod.clone()))
-                .or_default();
-            // A pod twice in one slice counts as the slice's last word on it.
-            entries.retain(|e| &*e.slice != name);
-            entries.push(Listed {
+            let listed = Listed {
                 slice: slice_name.clone(),
                 service: service.clone(),
                 ready,
-            });
-            pods.push(pod);
+            };
+            let key = match pods_here.get_key_value(pod) {
+                Some((kept, _)) => kept.clone(),
+                None => Arc::from(pod),
+            };
+            match pods_here.get_mut(pod) {
+                Some(entries) => entries.set(listed),
+                None => {
+                    pods_here.insert(key.clone(), Entries::One(listed));
+                }
+            }
+            pods.push(key);
+        }
+        if pods_here.is_empty() {
+            self.by_pod.remove(ns);
         }
         self.by_slice.insert(slice_key, pods);
     }
@@ -160,11 +215,11 @@ impl SliceIndex {
     /// drain cannot take a pod out of it, so it is not waited on.
     pub fn listing(&self, ns: &str, pod: &str, services: &Store<Service>) -> Listing {
         let index = self.index();
-        let Some(entries) = index.live.by_pod.get(&(ns.to_string(), pod.to_string())) else {
+        let Some(entries) = (index.live.by_pod.get(ns)).and_then(|pods| pods.get(pod)) else {
             return Listing::Unlisted;
         };
         let mut listing = Listing::Unlisted;
-        for Listed { service, ready, .. } in entries {
+        for Listed { service, ready, .. } in entries.as_slice() {
             let publishes_all = services
                 .get(&ObjectRef::new(service).within(ns))
                 .and_then(|s| s.spec.as_ref()?.publish_not_ready_addresses)
@@ -266,6 +321,30 @@ mod tests {
         assert_eq!(index.listing("ns", "q", &store), Listing::Unlisted);
         index.apply(&Event::Delete(slice("web", &[])));
         assert_eq!(index.listing("ns", "p", &store), Listing::Unlisted);
+    }
+
+    #[test]
+    fn a_pod_in_two_slices_is_listed_by_each_until_both_forget_it_and_then_leaves_no_entry() {
+        let index = SliceIndex::default();
+        let store = services(&[]);
+        index.apply(&Event::Apply(slice("web", &[("p", Some(false))])));
+        index.apply(&Event::Apply(slice("api", &[("p", Some(true))])));
+        assert_eq!(index.listing("ns", "p", &store), Listing::Ready);
+        // A slice's second word on a pod replaces its first, even twice in one slice.
+        index.apply(&Event::Apply(slice(
+            "api",
+            &[("p", Some(true)), ("p", Some(false))],
+        )));
+        assert_eq!(index.listing("ns", "p", &store), Listing::NotReady);
+        index.apply(&Event::Delete(slice("web", &[])));
+        assert_eq!(index.listing("ns", "p", &store), Listing::NotReady);
+        index.apply(&Event::Apply(slice("api", &[("p", Some(true))])));
+        assert_eq!(index.listing("ns", "p", &store), Listing::Ready);
+        index.apply(&Event::Delete(slice("api", &[])));
+        assert_eq!(index.listing("ns", "p", &store), Listing::Unlisted);
+        let live = &index.index().live;
+        assert!(live.by_pod.is_empty(), "{:?}", live.by_pod);
+        assert!(live.by_slice.is_empty(), "{:?}", live.by_slice);
     }
 
     #[test]
