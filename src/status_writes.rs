@@ -30,12 +30,6 @@ use crate::plan;
 /// A service, as the service cache and the controller's queue name it.
 pub type Key = ObjectRef<CachedService>;
 
-/// The key of `svc`.
-pub fn key_of(svc: &ResilientService) -> Key {
-    ObjectRef::new(&svc.metadata.name.clone().unwrap_or_default())
-        .within(svc.metadata.namespace.as_deref().unwrap_or_default())
-}
-
 /// The least time between two status writes of a service that change only what the world
 /// shows again on the next pass (counts, slot states, messages): while pods start in a
 /// burst, each of their events would otherwise write the status once more. A write that
@@ -238,6 +232,12 @@ impl StatusWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key of `svc`.
+    fn key_of(svc: &ResilientService) -> Key {
+        ObjectRef::new(&svc.metadata.name.clone().unwrap_or_default())
+            .within(svc.metadata.namespace.as_deref().unwrap_or_default())
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn service(status: ResilientServiceStatus) -> ResilientService {

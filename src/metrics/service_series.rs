@@ -65,51 +65,68 @@ impl ServiceSeries {
     }
 }
 
+/// Writes one gauge family: for each of `rows` (namespace, name, gauges), a series per
+/// `(label value, value)` that `values` gives, labelled by namespace, name and `label` (by
+/// namespace and name alone when `label` is None).
+fn gauge_family<'a, V: IntoIterator<Item = (&'static str, i64)>>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    rows: impl Iterator<Item = (&'a str, &'a str, &'a ServiceGauges)>,
+    label: Option<&str>,
+    values: impl Fn(&ServiceGauges) -> V,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (ns, service, gauges) in rows {
+        for (label_value, value) in values(gauges) {
+            let gauge = ConstGauge::new(value);
+            match label {
+                Some(key) => {
+                    let labels = [("namespace", ns), ("name", service), (key, label_value)];
+                    gauge.encode(family.encode_family(&labels)?)?;
+                }
+                None => {
+                    let labels = [("namespace", ns), ("name", service)];
+                    gauge.encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for ServiceSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let by_namespace = self.lock();
-        let services = || {
+        let rows = || {
             (by_namespace.iter())
                 .flat_map(|(ns, services)| services.iter().map(move |(n, g)| (&**ns, &**n, g)))
         };
-        {
-            let mut family = encoder.encode_descriptor(
-                "replicas",
-                "Replicas by service and state",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (ns, name, gauges) in services() {
-                for (state, n) in STATES.iter().zip(gauges.replicas) {
-                    let labels = [("namespace", ns), ("name", name), ("state", state)];
-                    ConstGauge::new(i64::from(n)).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
+        gauge_family(
+            &mut encoder,
+            ("replicas", "Replicas by service and state"),
+            rows(),
+            Some("state"),
+            |g| STATES.into_iter().zip(g.replicas.map(i64::from)),
+        )?;
+        gauge_family(
+            &mut encoder,
+            (
                 "service_condition",
                 "1 while the condition of the service is True, 0 otherwise",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (ns, name, gauges) in services() {
-                for (condition, is_true) in CONDITIONS.iter().zip(gauges.conditions) {
-                    let labels = [("namespace", ns), ("name", name), ("condition", condition)];
-                    ConstGauge::new(i64::from(is_true)).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "storm_guard_holding",
-            "1 while the storm guard holds the node-loss repairs of the service (MassFailureSuspected)",
-            None,
-            MetricType::Gauge,
+            ),
+            rows(),
+            Some("condition"),
+            |g| CONDITIONS.into_iter().zip(g.conditions.map(i64::from)),
         )?;
-        for (ns, name, gauges) in services() {
-            let labels = [("namespace", ns), ("name", name)];
-            ConstGauge::new(i64::from(gauges.storm)).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        gauge_family(
+            &mut encoder,
+            (
+                "storm_guard_holding",
+                "1 while the storm guard holds the node-loss repairs of the service (MassFailureSuspected)",
+            ),
+            rows(),
+            None,
+            |g| [("", i64::from(g.storm))],
+        )
     }
 }

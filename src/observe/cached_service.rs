@@ -63,10 +63,11 @@ impl CachedService {
     /// The whole service, as the API server sent it but for what the trim dropped.
     pub fn decode(&self) -> Result<ResilientService, serde_json::Error> {
         let OwnedBody { spec, status } = serde_json::from_str(&self.body)?;
-        let mut svc = ResilientService::new(&self.metadata.name.clone().unwrap_or_default(), spec);
-        svc.metadata = self.metadata.clone();
-        svc.status = status;
-        Ok(svc)
+        Ok(ResilientService {
+            metadata: self.metadata.clone(),
+            spec,
+            status,
+        })
     }
 
     /// Whether a slot of the service keeps off `node`.
