@@ -77,23 +77,6 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// No wait at all, for a stream whose every source backs off on its own (a WatchBackoff
-/// each): a failure of one is not a failure of the others.
-#[derive(Debug, Default)]
-pub struct EachWatchBacksOff;
-
-impl Iterator for EachWatchBacksOff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Duration::ZERO)
-    }
-}
-
-impl kube::runtime::utils::Backoff for EachWatchBacksOff {
-    fn reset(&mut self) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

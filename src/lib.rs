@@ -21,3 +21,4 @@ pub mod start;
 pub mod status_writes;
 pub mod telemetry;
 pub mod throttle;
+pub mod work_queue;

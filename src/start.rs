@@ -21,7 +21,7 @@ pub struct RunArgs {
     #[arg(long, env = "PERENNIAL_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
     /// Reconciles running at once (per namespace watched).
-    #[arg(long, env = "PERENNIAL_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "PERENNIAL_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     /// Log format.
     #[arg(long, env = "PERENNIAL_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
@@ -220,7 +220,7 @@ fn identity() -> String {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

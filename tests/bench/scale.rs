@@ -9,13 +9,15 @@
 //! what limits it (`--api-qps 200 --api-burst 400`); such a run's results go to
 //! `scale-<pods>-tuned.json`, apart from the curve's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
 use perennial::api::ResilientService;
 use serde_json::json;
 
@@ -192,46 +194,75 @@ fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
+/// Waits until `services` of `kind` in `ns` are Available, by a watch: a list polled every
+/// 200 ms cost the API server a list of every service each time (11 MB of JSON at 3,000
+/// ResilientServices), load that neither controller makes and that grew with the services.
 async fn all_available(ns: &TestNamespace, kind: Kind, services: usize, replicas: i32) {
-    wait_for(
-        &format!("{services} {} Available", kind.label()),
-        Duration::from_secs(env_or("BENCH_SCALE_TIMEOUT", 3600)),
-        || async {
-            let available = match kind {
-                Kind::Perennial => ns
-                    .api::<ResilientService>()
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .iter()
-                    .filter(|s| {
-                        let st = s.status.clone().unwrap_or_default();
-                        st.available_replicas == replicas
-                            && st
-                                .conditions
-                                .iter()
-                                .any(|c| c.type_ == "Available" && c.status == "True")
-                    })
-                    .count(),
-                _ => ns
-                    .api::<Deployment>()
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .iter()
-                    .filter(|d| {
-                        d.status.as_ref().and_then(|s| s.available_replicas) == Some(replicas)
-                    })
-                    .count(),
-            };
-            (available == services)
-                .then_some(())
-                .ok_or(format!("{available} Available"))
-        },
-    )
-    .await;
+    match kind {
+        Kind::Perennial => {
+            until_all(ns.api::<ResilientService>(), services, |s| {
+                let st = s.status.clone().unwrap_or_default();
+                st.available_replicas == replicas
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
+            })
+            .await
+        }
+        _ => {
+            until_all(ns.api::<Deployment>(), services, |d| {
+                d.status.as_ref().and_then(|s| s.available_replicas) == Some(replicas)
+            })
+            .await
+        }
+    }
+}
+
+/// Follows the objects of `api` until `count` of them are `available` at once.
+async fn until_all<K>(api: Api<K>, count: usize, available: impl Fn(&K) -> bool)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let timeout = Duration::from_secs(env_or("BENCH_SCALE_TIMEOUT", 3600));
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut ready = HashSet::new();
+    let followed = async {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    if available(&o) {
+                        ready.insert(o.name_any());
+                    } else {
+                        ready.remove(&o.name_any());
+                    }
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    ready.remove(&o.name_any());
+                }
+                // A new list tells the state afresh.
+                Ok(watcher::Event::Init) => ready.clear(),
+                Ok(watcher::Event::InitDone) | Err(_) => {}
+            }
+            if ready.len() == count {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(timeout, followed).await.is_err() {
+        panic!(
+            "timed out after {timeout:?} waiting for {count} {} Available; {} were",
+            K::kind(&()),
+            ready.len()
+        );
+    }
 }
 
 async fn create_many(ns: &TestNamespace, kind: Kind, services: usize, replicas: i32, group: &str) {
@@ -295,11 +326,16 @@ async fn wait_no_pods(ns: &str) {
         "the namespace's pods to be gone",
         Duration::from_secs(1800),
         || async {
+            // One item and the count of the rest: not a list of every pod each time.
             let n = pods
-                .list(&ListParams::default())
+                .list(&ListParams::default().limit(1))
                 .await
-                .map(|l| l.items.len())
-                .unwrap_or(0);
+                .map(|l| {
+                    l.items.len() as u64
+                        + l.metadata.remaining_item_count.unwrap_or(0).max(0) as u64
+                })
+                // A failed list says nothing of the pods: not "none left".
+                .map_err(|e| e.to_string())?;
             (n == 0).then_some(()).ok_or(format!("{n} pods left"))
         },
     )

@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
-use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -30,7 +29,10 @@ use crate::observe::{
 };
 use crate::own_writes::OwnWrites;
 use crate::status_writes::StatusWrites;
+use crate::work_queue::Next;
 use crate::{act, health, plan};
+
+mod passes;
 
 /// How often a healthy service is looked at even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -389,10 +391,10 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
             .map(|s| i64::from(s.node_lost_after_seconds()))
             .min()
     };
-    // The services' own watch backs off as each cache's does (WatchBackoff), and so the
-    // merged triggers need no backoff of their own: a reset fails every watch at once, and
-    // one shared backoff counted those failures as one watch failing again and again, up
-    // to 30 s with nothing watched.
+    // The services' own watch backs off as each cache's does (WatchBackoff), and the
+    // triggers are merged with no backoff of their own: a reset fails every watch at once,
+    // and one shared backoff counted those failures as one watch failing again and again,
+    // up to 30 s with nothing watched.
     let service_triggers = reflector::reflector(
         service_writer,
         watcher(
@@ -402,39 +404,43 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
     )
     .backoff(crate::backoff::WatchBackoff::default())
     .applied_objects();
-    let controller = Controller::for_stream(service_triggers, service_store)
-        .with_config(ControllerConfig::default().concurrency(options.concurrency))
-        .trigger_backoff(crate::backoff::EachWatchBacksOff)
-        .reconcile_on(status_retries)
+    let triggers = vec![
+        passes::trigger("service", service_triggers, |s: CachedService| {
+            Some(ObjectRef::from(&s))
+        }),
+        status_retries
+            .map(|s| ("status retry", Ok(vec![s])))
+            .boxed(),
         // A trimmed pod keeps of its owners the service that controls it.
-        .watches_stream(pod_events, |p: CachedPod| {
+        passes::trigger("pod", pod_events, |p: CachedPod| {
             let (_, name) = p.controller()?;
             Some(ObjectRef::new(name).within(&p.namespace()?))
-        })
-        .owns_stream(revision_events)
-        .owns_stream(budget_events)
-        .watches_stream(claim_events, by_label)
-        .watches_stream(service_events, |s: Service| {
+        }),
+        passes::trigger("revision", revision_events, passes::owners),
+        passes::trigger("disruption budget", budget_events, passes::owners),
+        passes::trigger("claim", claim_events, by_label),
+        passes::trigger("Service", service_events, |s: Service| {
             // Services are matched by name: the headless Service is named by the spec.
             let ns = s.namespace()?;
             Some(ObjectRef::new(&s.name_any()).within(&ns))
-        })
-        .watches_stream(node_news(node_events), node_to_services)
+        }),
+        passes::trigger("node", node_news(node_events), node_to_services),
         // Renewals are not news; a node that falls silent or wakes up is (below).
-        .watches_stream(lease_events, |_: Lease| None::<ServiceRef>)
-        .watches_stream(volume_events, |_: PersistentVolume| None::<ServiceRef>)
-        .watches_stream(
+        passes::followed(lease_events),
+        passes::followed(volume_events),
+        passes::trigger(
+            "node heartbeat",
             heartbeat_changes(nodes, leases, heartbeats, first_loss),
             silent_nodes,
-        )
-        .watches_stream(slice_events, slice_to_services)
-        .shutdown_on_signal();
+        ),
+        passes::trigger("EndpointSlice", slice_events, slice_to_services),
+    ];
     // Repeats of an Event are counted in memory and written on this beat.
     let flusher = context.recorder.spawn_flusher(EVENT_FLUSH);
     let last_flush = context.clone();
     // A deletion triggers no pass, so what is kept per service is swept against the store.
     let sweep = tokio::spawn(sweep_deleted(
-        controller.store(),
+        service_store.clone(),
         options.namespace.clone(),
         context.clone(),
     ));
@@ -446,18 +452,9 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         synced.health.synced.store(true, Ordering::Release);
         tracing::info!("caches synced");
     };
-    let run = controller
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                // A completed pass is logged inside it (reconcile), with its trigger.
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-            }
-        });
     // Shutdown must not wait for caches that never sync (an unreachable API server).
     let ready = tokio::spawn(ready);
-    run.await;
+    passes::run(service_store, triggers, options.concurrency, context).await;
     ready.abort();
     sweep.abort();
     flusher.abort();
@@ -498,7 +495,7 @@ async fn sweep_deleted(store: Store<CachedService>, namespace: Option<String>, c
     }
 }
 
-async fn reconcile(svc: Arc<CachedService>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+async fn reconcile(svc: Arc<CachedService>, ctx: Arc<Context>) -> Result<Next, Error> {
     ctx.metrics.reconciles_in_flight.inc();
     let started = std::time::Instant::now();
     let result = reconcile_pass(&svc, &ctx).await;
@@ -507,7 +504,7 @@ async fn reconcile(svc: Arc<CachedService>, ctx: Arc<Context>) -> Result<Requeue
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
     let label = if result.is_ok() { "ok" } else { "error" };
-    // Logged here, inside the runtime's span, so the line names what triggered the pass.
+    // Logged here, inside the worker's span, so the line names what triggered the pass.
     let next = result.as_ref().ok();
     tracing::debug!(result = label, next = ?next, "reconciled");
     ctx.metrics
@@ -519,16 +516,16 @@ async fn reconcile(svc: Arc<CachedService>, ctx: Arc<Context>) -> Result<Requeue
     result
 }
 
-async fn reconcile_pass(kept: &CachedService, ctx: &Arc<Context>) -> Result<Requeue, Error> {
+async fn reconcile_pass(kept: &CachedService, ctx: &Arc<Context>) -> Result<Next, Error> {
     // Plan nothing from half-filled caches: an empty pod cache would look like lost pods.
     if !ctx.synced.load(Ordering::Acquire) {
-        return Ok(Requeue::requeue(CACHE_SYNC_RETRY));
+        return Ok(Next::After(CACHE_SYNC_RETRY));
     }
     let span = tracing::info_span!("reconcile", namespace = %kept.namespace().unwrap_or_default(), name = %kept.name_any());
     let _enter = span.enter();
     if kept.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes what the service owns; retained claims stay.
-        return Ok(Requeue::await_change());
+        return Ok(Next::OnChange);
     }
     let key = ObjectRef::from(kept);
     let cached = &Arc::new(kept.decode().map_err(|source| Error::Decode {
@@ -538,7 +535,7 @@ async fn reconcile_pass(kept: &CachedService, ctx: &Arc<Context>) -> Result<Requ
     })?);
     let Some(svc) = ctx.status_writes.copy_to_plan_from(&key, cached) else {
         tracing::debug!("skipped: a status write was refused, the newer copy is on its way");
-        return Ok(Requeue::requeue(STALE_COPY_RETRY));
+        return Ok(Next::After(STALE_COPY_RETRY));
     };
     let svc = &svc;
     let mut observed = observe(svc, &ctx.caches);
@@ -597,11 +594,11 @@ async fn reconcile_pass(kept: &CachedService, ctx: &Arc<Context>) -> Result<Requ
         failures.remove(&key);
     }
     let next = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
-    Ok(Requeue::requeue(hold.map_or(next, |h| h.min(next))))
+    Ok(Next::After(hold.map_or(next, |h| h.min(next))))
 }
 
 /// Transient errors are retried with a per-object exponential backoff: never a hot loop.
-fn error_policy(svc: Arc<CachedService>, error: &Error, ctx: Arc<Context>) -> Requeue {
+fn error_policy(svc: Arc<CachedService>, error: &Error, ctx: Arc<Context>) -> Next {
     let attempts = ctx
         .failures
         .lock()
@@ -617,5 +614,5 @@ fn error_policy(svc: Arc<CachedService>, error: &Error, ctx: Arc<Context>) -> Re
     };
     let delay = crate::backoff::retry_delay(attempts, transient);
     tracing::warn!(namespace = %svc.namespace().unwrap_or_default(), name = %svc.name_any(), %error, transient, retry_in = ?delay, "reconcile failed");
-    Requeue::requeue(delay)
+    Next::After(delay)
 }
