@@ -7,6 +7,7 @@
 mod support;
 
 mod failover;
+mod queue;
 mod reaction;
 mod rolling_update;
 mod scale;
