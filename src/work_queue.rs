@@ -221,13 +221,13 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            // None once closed: the one look at the queue says so.
             let (taken, more, due) = self.with(|q| {
-                if q.is_closed() {
-                    return (None, false, None);
-                }
-                q.promote(Instant::now());
-                (q.take(), q.has_ready(), q.next_due())
-            });
+                (!q.is_closed()).then(|| {
+                    q.promote(Instant::now());
+                    (q.take(), q.has_ready(), q.next_due())
+                })
+            })?;
             match taken {
                 Some(taken) => {
                     // Another worker may be idle: it takes the rest.
@@ -236,7 +236,6 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                     }
                     return Some(taken);
                 }
-                None if self.with(|q| q.is_closed()) => return None,
                 None => match due {
                     Some(at) => {
                         tokio::select! {
