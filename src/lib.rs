@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod api;
+pub mod api_client;
 pub mod backoff;
 pub mod build;
 pub mod cli;
@@ -20,5 +21,4 @@ pub mod plan;
 pub mod start;
 pub mod status_writes;
 pub mod telemetry;
-pub mod throttle;
 pub mod work_queue;

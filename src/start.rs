@@ -112,7 +112,7 @@ pub async fn main(args: RunArgs) -> Result<(), StartError> {
     if let Ok(agent) = http::HeaderValue::from_str(&user_agent(&identity)) {
         config.headers.push((http::header::USER_AGENT, agent));
     }
-    let client = crate::throttle::client(config, args.api_qps, args.api_burst)?;
+    let client = crate::api_client::client(config, args.api_qps, args.api_burst)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     health.block("checking the installed CustomResourceDefinition".into());

@@ -60,6 +60,29 @@ async fn wait_leader(ns: &TestNamespace, lease: &str, what: &str) -> String {
     .await
 }
 
+/// The operator's client offers HTTP/2 and the API server takes it: every request and
+/// watch shares one connection, where HTTP/1.1 opened one per request in flight.
+#[tokio::test]
+async fn the_operators_client_speaks_http2_to_the_api_server_also_with_many_requests_at_once() {
+    let client = perennial::api_client::client(config().await, 50, 100).unwrap();
+    let versions = futures::future::join_all((0..20).map(|_| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get("/version")
+                .body(kube::client::Body::empty())
+                .unwrap();
+            let response = client.send(request).await.expect("the API server answers");
+            assert!(response.status().is_success(), "{:?}", response.status());
+            response.version()
+        }
+    }))
+    .await;
+    assert!(
+        versions.iter().all(|v| *v == http::Version::HTTP_2),
+        "answered with {versions:?}"
+    );
+}
+
 #[tokio::test]
 async fn standby_takes_over_a_rollout_after_the_leader_is_killed_with_no_duplicate_pods() {
     let (ns, lease) = with_lease("rt-failover").await;

@@ -71,6 +71,11 @@ pub fn kubeconfig_path() -> PathBuf {
 
 /// A client for the local control plane; fails with a hint when it is not running.
 pub async fn client() -> Client {
+    Client::try_from(config().await).expect("a client can be built")
+}
+
+/// The admin config of the local control plane; fails with a hint when it is not running.
+pub async fn config() -> Config {
     let path = kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!(
@@ -78,10 +83,9 @@ pub async fn client() -> Client {
             path.display()
         )
     });
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("the harness kubeconfig is valid");
-    Client::try_from(config).expect("a client can be built")
+        .expect("the harness kubeconfig is valid")
 }
 
 /// A namespace of a test's own, deleted when the test ends (also when it fails).
