@@ -463,16 +463,8 @@ async fn an_abort_is_carried_out_then_cleared_so_the_next_rollout_goes_through()
         },
     )
     .await;
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(reasons.iter().any(|r| r == "AbortCleared"), "{reasons:?}");
+    // The Event is written beside the status, not before it: wait for it.
+    wait_event(&ns, "web", "AbortCleared").await;
 
     // The next template rolls out: nothing is left to abort it.
     merge_patch(&api, "web", template("example/app:3", false)).await;
