@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::Client;
 use tokio::task::JoinHandle;
 
-use crate::act::{self, StatusWrite};
+use crate::act::{self, StatusTarget, StatusWrite};
 use crate::api::{ResilientService, ResilientServiceStatus};
 use crate::observe::{trim_service, CachedService};
 use crate::own_writes::{Freshness, OwnWrites};
@@ -46,13 +46,22 @@ pub struct StatusWrites {
     written_at: Mutex<HashMap<Key, Instant>>,
     /// The background write of each service, while it runs.
     in_flight: Mutex<HashMap<Key, JoinHandle<()>>>,
-    /// While a background write runs: the copy it goes over (its version too) with the
-    /// status being written in place, which the next pass plans from.
-    pending: Mutex<HashMap<Key, Arc<ResilientService>>>,
+    /// While a background write runs: the version it goes over and the status being
+    /// written, which the next pass plans from when it plans from that same version.
+    pending: Mutex<HashMap<Key, Pending>>,
     /// Background writes that failed in a row, per service: the retry backs off.
     failures: Mutex<HashMap<Key, u32>>,
     /// Asks for a pass of a service whose background write failed: nothing else may.
     retry: mpsc::UnboundedSender<Key>,
+}
+
+/// A background write as the passes see it while it runs. Only the status and a version:
+/// when the writes wait their turn behind the request rate limit (hundreds of them as the
+/// last pods of a thousand services turn Ready), a copy of the whole service each held
+/// tens of MiB at once.
+struct Pending {
+    version: Option<String>,
+    status: Arc<ResilientServiceStatus>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,15 +94,14 @@ impl StatusWrites {
         cached: &Arc<ResilientService>,
     ) -> Option<Arc<ResilientService>> {
         let newest = self.newest(key, cached)?;
-        match guard(&self.pending).get(key) {
+        let status = match guard(&self.pending).get(key) {
             // Someone else's change since the write began: the write will be refused.
-            Some(written)
-                if written.metadata.resource_version == newest.metadata.resource_version =>
-            {
-                Some(written.clone())
-            }
-            _ => Some(newest),
-        }
+            Some(p) if p.version == newest.metadata.resource_version => p.status.clone(),
+            _ => return Some(newest),
+        };
+        let mut written = (*newest).clone();
+        written.status = Some((*status).clone());
+        Some(Arc::new(written))
     }
 
     /// The newest copy the API server has: the cached one, or the one our last write
@@ -150,20 +158,25 @@ impl StatusWrites {
         status: &ResilientServiceStatus,
     ) -> Result<(), act::Error> {
         let Some(old) = base.status.as_ref() else {
-            return self.write_now(key, &base, status).await;
+            return self.write_now(key, &StatusTarget::of(&base), status).await;
         };
         if old == status {
             return Ok(());
         }
         if !old.decides_as(status) {
-            return self.write_now(key, &base, status).await;
+            return self.write_now(key, &StatusTarget::of(&base), status).await;
         }
-        let mut written = (*base).clone();
-        written.status = Some(status.clone());
-        guard(&self.pending).insert(key.clone(), Arc::new(written));
-        let (writes, key2, status) = (self.clone(), key.clone(), status.clone());
+        let status = Arc::new(status.clone());
+        // The write keeps the service's name and version, not the copy: it may wait long.
+        let to = StatusTarget::of(&base);
+        let pending = Pending {
+            version: to.resource_version.clone(),
+            status: status.clone(),
+        };
+        guard(&self.pending).insert(key.clone(), pending);
+        let (writes, key2) = (self.clone(), key.clone());
         let running = tokio::spawn(async move {
-            let result = writes.write_now(&key2, &base, &status).await;
+            let result = writes.write_now(&key2, &to, &status).await;
             // Only now: a pass before this plans from the status being written, one after
             // from what the write left (the copy it returned, or none after a refusal).
             guard(&writes.pending).remove(&key2);
@@ -181,11 +194,11 @@ impl StatusWrites {
     async fn write_now(
         &self,
         key: &Key,
-        base: &ResilientService,
+        to: &StatusTarget,
         status: &ResilientServiceStatus,
     ) -> Result<(), act::Error> {
-        let version = base.metadata.resource_version.as_deref();
-        match act::write_status(&self.client, base, status).await? {
+        let version = to.resource_version.as_deref();
+        match act::write_status(&self.client, to, status).await? {
             (StatusWrite::Unchanged, _) => {}
             (StatusWrite::Written, copy) => {
                 guard(&self.written_at).insert(key.clone(), Instant::now());
@@ -331,9 +344,11 @@ mod tests {
 
     /// What `write` keeps while its write of `status` over `base` runs.
     fn pending(writes: &StatusWrites, base: &ResilientService, status: &ResilientServiceStatus) {
-        let mut written = base.clone();
-        written.status = Some(status.clone());
-        guard(&writes.pending).insert(key_of(base), Arc::new(written));
+        let pending = Pending {
+            version: base.metadata.resource_version.clone(),
+            status: Arc::new(status.clone()),
+        };
+        guard(&writes.pending).insert(key_of(base), pending);
     }
 
     #[tokio::test]

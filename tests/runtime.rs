@@ -1,6 +1,6 @@
 //! The operator's runtime on the local control plane: leader election and takeover, the
 //! lease released on SIGTERM, metrics that count what happened (and forget a deleted
-//! service), and the start-up check of the installed CRD.
+//! service), the start-up check of the installed CRD, and the allocator's settings.
 
 mod support;
 
@@ -81,6 +81,30 @@ async fn the_operators_client_speaks_http2_to_the_api_server_also_with_many_requ
         versions.iter().all(|v| *v == http::Version::HTTP_2),
         "answered with {versions:?}"
     );
+}
+
+/// The allocator's settings are compiled into the operator: its own thread gives freed
+/// memory back while the operator is idle. Under a misspelt settings symbol jemalloc would
+/// run on its defaults, silently and with no such thread.
+#[tokio::test]
+async fn the_operator_runs_the_allocators_thread_that_gives_freed_memory_back() {
+    let ns = TestNamespace::new("rt-alloc").await;
+    let op = Operator::with_crd(&ns).await;
+    let tasks = format!("/proc/{}/task", op.child.id());
+    wait_for("the allocator's background thread", TIMEOUT, || {
+        let tasks = tasks.clone();
+        async move {
+            let names: Vec<String> = std::fs::read_dir(&tasks)
+                .map_err(|e| format!("{tasks}: {e}"))?
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect();
+            (names.iter().any(|n| n.starts_with("jemalloc_bg_thd")))
+                .then_some(())
+                .ok_or(format!("the operator's threads: {names:?}"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

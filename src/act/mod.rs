@@ -411,26 +411,69 @@ where
     }
 }
 
-/// Writes `status` over `svc`'s, conditional on the version of `svc`; returns what became
+/// The service a status write goes to, and the version it is conditional on: all a write
+/// keeps of the service while it waits its turn, not a copy of the whole service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusTarget {
+    pub namespace: String,
+    pub name: String,
+    pub resource_version: Option<String>,
+}
+
+impl StatusTarget {
+    pub fn of(svc: &ResilientService) -> Self {
+        Self {
+            namespace: svc.namespace().unwrap_or_default(),
+            name: svc.name_any(),
+            resource_version: svc.metadata.resource_version.clone(),
+        }
+    }
+}
+
+/// The body of a status write, borrowing the status rather than copying it into a JSON
+/// value.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a> {
+    api_version: std::borrow::Cow<'static, str>,
+    kind: std::borrow::Cow<'static, str>,
+    metadata: VersionOnly<'a>,
+    status: &'a ResilientServiceStatus,
+}
+
+impl<'a> StatusApply<'a> {
+    fn new(to: &'a StatusTarget, status: &'a ResilientServiceStatus) -> Self {
+        Self {
+            api_version: ResilientService::api_version(&()),
+            kind: ResilientService::kind(&()),
+            metadata: VersionOnly {
+                resource_version: to.resource_version.as_deref(),
+            },
+            status,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionOnly<'a> {
+    resource_version: Option<&'a str>,
+}
+
+/// Writes `status` over the service of `to`, conditional on its version; returns what became
 /// of it and, when written, the service as the server holds it now.
 pub async fn write_status(
     client: &Client,
-    svc: &ResilientService,
+    to: &StatusTarget,
     status: &ResilientServiceStatus,
 ) -> Result<(StatusWrite, Option<ResilientService>), Error> {
-    let ns = svc.namespace().unwrap_or_default();
-    let api: Api<ResilientService> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ResilientService> = Api::namespaced(client.clone(), &to.namespace);
     // The resource version makes the write conditional: the status carries the failure
     // ledger, and a pass planned from an older copy must not overwrite a newer ledger.
-    let body = serde_json::json!({
-        "apiVersion": ResilientService::api_version(&()),
-        "kind": ResilientService::kind(&()),
-        "metadata": {"resourceVersion": svc.metadata.resource_version},
-        "status": status,
-    });
+    let body = StatusApply::new(to, status);
     let written = api
         .patch_status(
-            &svc.name_any(),
+            &to.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
@@ -438,20 +481,20 @@ pub async fn write_status(
     match written {
         // A write the server found to change nothing keeps the version: no watch event
         // follows, and the copy the pass planned from is still the newest.
-        Ok(written) if written.metadata.resource_version == svc.metadata.resource_version => {
+        Ok(written) if written.metadata.resource_version == to.resource_version => {
             Ok((StatusWrite::Unchanged, None))
         }
         Ok(written) => {
-            wrote(|| format!("status of {}", svc.name_any()));
+            wrote(|| format!("status of {}", to.name));
             Ok((StatusWrite::Written, Some(written)))
         }
         // The newer copy is on its way through the watch and gets a pass of its own.
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            tracing::debug!(service = %svc.name_any(), "status not written: the service changed meanwhile");
+            tracing::debug!(service = %to.name, "status not written: the service changed meanwhile");
             Ok((StatusWrite::Refused, None))
         }
         Err(source) => Err(Error::Api {
-            what: format!("write the status of {}", svc.name_any()),
+            what: format!("write the status of {}", to.name),
             source,
         }),
     }
@@ -486,5 +529,31 @@ async fn clear_abort(
             what: format!("clear {ANNOTATION_ABORT} on {name}"),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_write_carries_the_status_alone_conditional_on_the_version_planned_from() {
+        let status = ResilientServiceStatus {
+            ready_replicas: 3,
+            ..ResilientServiceStatus::default()
+        };
+        let to = StatusTarget {
+            namespace: "shop".into(),
+            name: "web".into(),
+            resource_version: Some("7".into()),
+        };
+        let body = serde_json::to_value(StatusApply::new(&to, &status)).expect("serializable");
+        let expected = serde_json::json!({
+            "apiVersion": "perennial.dev/v1alpha1",
+            "kind": "ResilientService",
+            "metadata": {"resourceVersion": "7"},
+            "status": serde_json::to_value(&status).expect("serializable"),
+        });
+        assert_eq!(body, expected);
     }
 }

@@ -33,6 +33,7 @@ use crate::work_queue::Next;
 use crate::{act, health, plan};
 
 mod passes;
+mod spec_changes;
 
 /// How often a healthy service is looked at even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -257,7 +258,14 @@ pub async fn run(client: Client, options: Options, metrics: Arc<Metrics>, health
         crate::build::record_as_text,
         move |e| index_event(&by_owner, e, controller_uid),
     );
-    let (budgets, budget_events) = cached(api::<PodDisruptionBudget>(&client, ns), ours);
+    // No pass reads a budget's status, so the cache drops it and its writes ask for none.
+    let (budgets, budget_events) = reflected(
+        api::<PodDisruptionBudget>(&client, ns),
+        ours,
+        |b| b.status = None,
+        |_| {},
+    );
+    let budget_events = spec_changes::spec_changes(budget_events);
     // A user's own Service may serve as the headless Service, so every Service is cached.
     let (services, service_events) =
         cached(api::<Service>(&client, ns), watcher::Config::default());
