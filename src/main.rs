@@ -33,10 +33,10 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Freed pages go back to the system within a second, by a thread of the allocator's own
-/// (so also while the operator is idle), and straight away rather than lazily: pages freed
-/// lazily (MADV_FREE) still count in the RSS, and so against the pod's memory limit, until
-/// the node runs short. `_RJEM_MALLOC_CONF` in the environment overrides any of it.
+/// Freed pages go back to the system within a second (jemalloc's default is ten), by a
+/// thread of the allocator's own, so also while the operator is idle; and at once rather
+/// than lazily (MADV_FREE), which would leave them in the RSS, and so against the pod's
+/// memory limit, until the node runs short. `_RJEM_MALLOC_CONF` overrides any of it.
 #[cfg(not(feature = "heap-profile"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
